@@ -1,0 +1,3 @@
+from fmtl.cli import main
+
+main()
