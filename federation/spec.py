@@ -1,0 +1,268 @@
+"""What a federation is: its tasks, its model, how rounds aggregate, privacy and schedule.
+
+A `FederationSpec` is created by an admin on the coordinator and handed, unchanged, to
+every agent; both sides derive the model and the parameter layout from it, so they agree
+on every coordinate of the secure-aggregation vector without exchanging anything else.
+All models are frozen and forbid unknown fields: a typo in a spec is an error, not a
+silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Task, column and federation names appear in URLs, file names and layout segment names.
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TaskKind(enum.StrEnum):
+    BINARY = "binary"
+    MULTICLASS = "multiclass"
+    REGRESSION = "regression"
+
+
+class TaskSpec(_Spec):
+    """One prediction task: a head on the shared encoder."""
+
+    name: Name
+    kind: TaskKind
+    n_classes: int | None = Field(
+        default=None, description="Number of classes; required for multiclass, else unset."
+    )
+    weight: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=100.0,
+        description="Weight of this task's mean loss in the multi-task objective "
+        "(raise it to up-weight a rare task).",
+    )
+
+    @model_validator(mode="after")
+    def _classes_match_kind(self) -> TaskSpec:
+        if self.kind is TaskKind.MULTICLASS:
+            if self.n_classes is None or self.n_classes < 2:
+                raise ValueError(f"task '{self.name}': multiclass needs n_classes >= 2")
+        elif self.n_classes is not None:
+            raise ValueError(f"task '{self.name}': n_classes is only for multiclass tasks")
+        return self
+
+    @property
+    def output_dim(self) -> int:
+        """Width of the head's output layer."""
+        if self.kind is TaskKind.MULTICLASS:
+            assert self.n_classes is not None
+            return self.n_classes
+        return 1
+
+
+class Activation(enum.StrEnum):
+    RELU = "relu"
+    GELU = "gelu"
+    TANH = "tanh"
+
+
+class MLPEncoderSpec(_Spec):
+    """A multilayer perceptron over a fixed-width feature vector."""
+
+    kind: Literal["mlp"] = "mlp"
+    input_dim: int = Field(ge=1, le=1_000_000)
+    hidden: tuple[int, ...] = Field(default=(64, 32), min_length=1, max_length=16)
+    activation: Activation = Activation.RELU
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, widths: tuple[int, ...]) -> tuple[int, ...]:
+        if any(width < 1 or width > 65_536 for width in widths):
+            raise ValueError("hidden layer widths must be between 1 and 65536")
+        return widths
+
+    @property
+    def output_dim(self) -> int:
+        return self.hidden[-1]
+
+
+# A discriminated union, so a CNN (or any registered encoder) can be added as another
+# member without changing a single existing spec.
+EncoderSpec = Annotated[MLPEncoderSpec, Field(discriminator="kind")]
+
+
+class HeadSpec(_Spec):
+    """Every task head: optional hidden layers, then a linear output layer."""
+
+    hidden: tuple[int, ...] = Field(default=(), max_length=4)
+
+
+class ModelSpec(_Spec):
+    encoder: EncoderSpec
+    head: HeadSpec = HeadSpec()
+    init_seed: int = Field(
+        default=0, ge=0, description="Seed of the deterministic initial weights."
+    )
+
+
+class Strategy(enum.StrEnum):
+    FEDAVG = "fedavg"
+    FEDADAM = "fedadam"
+
+
+class CounterWeighting(enum.StrEnum):
+    """What an agent puts in a task's weight counter (and multiplies that task's update by).
+
+    `participation` (the default) counts each institution holding the task once, so the
+    sum reveals only how many institutions hold it; `samples` weights by labelled samples
+    (classic FedAvg), which reveals the total number of labelled samples per task.
+    """
+
+    PARTICIPATION = "participation"
+    SAMPLES = "samples"
+
+
+class AggregationSpec(_Spec):
+    strategy: Strategy = Strategy.FEDAVG
+    server_lr: float = Field(default=1.0, gt=0.0, le=10.0)
+    # FedAdam (Reddi et al. 2021, "Adaptive Federated Optimization"), used when selected.
+    adam_beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    adam_beta2: float = Field(default=0.99, ge=0.0, lt=1.0)
+    adam_tau: float = Field(default=1e-3, gt=0.0)
+    fedprox_mu: float = Field(
+        default=0.0, ge=0.0, description="FedProx proximal term weight in local training."
+    )
+    personalised_heads: bool = Field(
+        default=False,
+        description="Heads stay local to each institution; only the encoder is aggregated.",
+    )
+    counter_weighting: CounterWeighting = CounterWeighting.PARTICIPATION
+
+
+class Accountant(enum.StrEnum):
+    RDP = "rdp"
+    PRV = "prv"
+
+
+class TrainingSpec(_Spec):
+    """Local training each round (an agent may not change these: they shape the update)."""
+
+    local_epochs: float = Field(default=1.0, gt=0.0, le=100.0)
+    batch_size: int = Field(
+        default=32, ge=1, le=65_536, description="Expected batch size (Poisson sampled)."
+    )
+    learning_rate: float = Field(default=0.05, gt=0.0, le=10.0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+
+
+class DPSpec(_Spec):
+    """Differential-privacy defaults of the federation; each agent enforces its own budget."""
+
+    enabled: bool = True
+    max_grad_norm: float = Field(default=1.0, gt=0.0, description="Per-sample clipping bound C.")
+    noise_multiplier: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Gaussian noise multiplier sigma; unset: each agent picks the sigma that "
+        "spends its budget evenly over `planned_rounds`.",
+    )
+    planned_rounds: int = Field(default=10, ge=1, le=100_000)
+    delta: float = Field(default=1e-5, gt=0.0, lt=1.0)
+    accountant: Accountant = Accountant.RDP
+    grad_sample_mode: Literal["hooks", "functorch", "ew", "ghost"] = "hooks"
+
+
+class SecAggSpec(_Spec):
+    """Secure-aggregation parameters (Bonawitz et al. 2017; SecAgg+ graph, Bell et al. 2020)."""
+
+    bits: Literal[32, 64] = 32
+    clip_range: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1e6,
+        description="Each float coordinate of an update is clipped to [-clip_range, clip_range] "
+        "before fixed-point encoding (the agent reports how many it clipped).",
+    )
+    threshold_fraction: float = Field(
+        default=2.0 / 3.0,
+        gt=0.5,
+        le=1.0,
+        description="t = ceil(fraction * n); never <= n/2.",
+    )
+    neighbour_graph: Literal["auto", "always", "never"] = Field(
+        default="auto", description="'auto': use the SecAgg+ graph from 32 participants on."
+    )
+
+    def threshold(self, n: int) -> int:
+        """The reconstruction threshold t for n participants: ceil(fraction * n), > n/2."""
+        if n < 1:
+            raise ValueError("a round needs at least one participant")
+        t = max(math.ceil(self.threshold_fraction * n), n // 2 + 1)
+        return min(t, n)
+
+
+class ScheduleSpec(_Spec):
+    min_participants: int = Field(
+        default=3, ge=2, le=100_000, description="Fewest agents a round may start with."
+    )
+    max_participants: int = Field(default=1000, ge=2, le=100_000)
+    stage_timeout_s: float = Field(
+        default=300.0, gt=0.0, le=86_400.0, description="Deadline of each protocol stage."
+    )
+    round_interval_s: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Start a round this often (seconds) when set; else rounds start on request.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScheduleSpec:
+        if self.min_participants > self.max_participants:
+            raise ValueError("min_participants must not exceed max_participants")
+        return self
+
+
+class FederationSpec(_Spec):
+    """Everything coordinator and agents must agree on for one federation."""
+
+    name: Name
+    description: str = Field(default="", max_length=2000)
+    tasks: tuple[TaskSpec, ...] = Field(min_length=1, max_length=64)
+    model: ModelSpec
+    aggregation: AggregationSpec = AggregationSpec()
+    training: TrainingSpec = TrainingSpec()
+    dp: DPSpec = DPSpec()
+    secagg: SecAggSpec = SecAggSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_task_names(cls, tasks: tuple[TaskSpec, ...]) -> tuple[TaskSpec, ...]:
+        seen: set[str] = set()
+        for task in tasks:
+            if task.name in seen:
+                raise ValueError(f"task name '{task.name}' appears twice")
+            seen.add(task.name)
+        return tasks
+
+    def task(self, name: str) -> TaskSpec:
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        known = ", ".join(task.name for task in self.tasks)
+        raise KeyError(f"unknown task '{name}' (the federation has: {known})")
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(task.name for task in self.tasks)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical JSON form: two parties with equal fingerprints agree."""
+        canonical = self.model_dump_json(exclude={"description"}).encode()
+        return hashlib.sha256(canonical).hexdigest()
