@@ -64,7 +64,9 @@ def create_celery(settings: Settings, runtime: Runtime | None = None) -> Coordin
         beat_schedule_filename=str(settings.state_dir / "celerybeat-schedule"),
     )
 
-    @app.task(name=TICK_TASK)  # type: ignore[untyped-decorator]
+    # shared=False: a shared task would be registered on every later app too, bound to
+    # this app's runtime (another database) through the closure.
+    @app.task(name=TICK_TASK, shared=False)  # type: ignore[untyped-decorator]
     def _tick() -> dict[str, Any]:
         report = tick(app.runtime)
         return {
@@ -125,9 +127,14 @@ class EmbeddedWorker:
             without_gossip=True,
             loglevel=logging.WARNING,
         )
-        self._worker_thread = threading.Thread(
-            target=self._controller.start, name="fmtl-embedded-worker", daemon=True
-        )
+        controller = self._controller
+
+        def run() -> None:
+            # Celery resolves tasks through the thread's current app when it executes them.
+            self.app.set_current()
+            controller.start()
+
+        self._worker_thread = threading.Thread(target=run, name="fmtl-embedded-worker", daemon=True)
         self._worker_thread.start()
         if not self._ready.wait(EMBEDDED_START_TIMEOUT_S):
             raise RuntimeError("the embedded Celery worker did not start")

@@ -14,11 +14,21 @@ in `agent/http_signing.py` and the coordinator verifies in `coordinator/auth/sig
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Final
 
-from pydantic import AfterValidator, Base64UrlBytes, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+)
 
 from federation.spec import FederationSpec, Name
 
@@ -71,6 +81,20 @@ ENROLLMENT_TOKEN_PREFIX: Final = "fmtl_enroll_"  # noqa: S105 - a prefix, not a 
 ENROLLMENT_TOKEN_MAX_LENGTH: Final = 128
 
 
+def _from_base64url(value: object) -> object:
+    """Text is URL-safe base64 (padding optional) and is decoded; bytes pass through as raw."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return base64.b64decode(value + "=" * (-len(value) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not valid URL-safe base64") from None
+
+
+def _to_base64url(value: bytes) -> str:
+    return base64.urlsafe_b64encode(value).decode("ascii").rstrip("=")
+
+
 def _exact_length(size: int, what: str) -> Callable[[bytes], bytes]:
     def check(value: bytes) -> bytes:
         if len(value) != size:
@@ -80,15 +104,27 @@ def _exact_length(size: int, what: str) -> Callable[[bytes], bytes]:
     return check
 
 
+def _raw_bytes(size: int, what: str) -> tuple[object, ...]:
+    """Validators, serializer and schema of a fixed-size binary field sent as base64url."""
+    return (
+        BeforeValidator(_from_base64url),
+        AfterValidator(_exact_length(size, what)),
+        PlainSerializer(_to_base64url, return_type=str, when_used="json"),
+        WithJsonSchema(
+            {
+                "type": "string",
+                "contentEncoding": "base64url",
+                "description": f"{what[0].upper()}{what[1:]}: {size} raw bytes, URL-safe base64.",
+            }
+        ),
+    )
+
+
 Ed25519PublicKeyBytes = Annotated[
-    Base64UrlBytes,
-    AfterValidator(_exact_length(ED25519_PUBLIC_KEY_BYTES, "an Ed25519 public key")),
-    Field(description="Raw 32-byte Ed25519 public key, URL-safe base64."),
+    bytes, *_raw_bytes(ED25519_PUBLIC_KEY_BYTES, "an Ed25519 public key")
 ]
 Ed25519SignatureBytes = Annotated[
-    Base64UrlBytes,
-    AfterValidator(_exact_length(ED25519_SIGNATURE_BYTES, "an Ed25519 signature")),
-    Field(description="Raw 64-byte Ed25519 signature, URL-safe base64."),
+    bytes, *_raw_bytes(ED25519_SIGNATURE_BYTES, "an Ed25519 signature")
 ]
 
 
@@ -116,9 +152,8 @@ class EnrollmentRequest(_Wire):
         description="The one-time enrollment token an admin handed to the institution.",
     )
     public_key: Ed25519PublicKeyBytes
-    proof: Ed25519SignatureBytes = Field(
-        description="Ed25519 signature of `enrollment_proof_message(token, public_key)`."
-    )
+    #: Ed25519 signature of `enrollment_proof_message(token, public_key)`.
+    proof: Ed25519SignatureBytes
 
 
 class AgentProfile(_Wire):

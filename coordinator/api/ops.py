@@ -46,8 +46,9 @@ async def readyz(request: Request, runtime: RuntimeDep) -> JSONResponse:
 
     embedded: EmbeddedWorker | None = request.app.state.embedded_worker
     database = await run_in_threadpool(probe, runtime.db.ping)
-    if embedded is not None:
-        broker = "ok" if embedded.alive else "unreachable (embedded worker stopped)"
+    if runtime.settings.embedded_worker:
+        running = embedded is not None and embedded.alive
+        broker = "ok" if running else "unreachable (the embedded worker is not running)"
     else:
         broker = await run_in_threadpool(probe, lambda: check_broker(request.app.state.celery))
     blobs = await run_in_threadpool(probe, runtime.blobs.check)

@@ -126,7 +126,10 @@ def select_participants(
     session: Session, round_: Round, institutions: Sequence[Institution], *, threshold: int
 ) -> list[Participant]:
     """Give each selected institution its secure-aggregation id 1..n and fix t."""
-    if round_.stage is not RoundStage.SCHEDULED or round_.participants:
+    selected = session.scalar(
+        sa.select(sa.func.count()).select_from(Participant).where(Participant.round_id == round_.id)
+    )
+    if round_.stage is not RoundStage.SCHEDULED or selected:
         raise StateConflict(f"round {round_.number} already has its participants")
     if not 1 <= threshold <= len(institutions):
         raise InvalidInput(f"threshold {threshold} is not within 1..{len(institutions)}")
@@ -139,7 +142,7 @@ def select_participants(
         Participant(round_id=round_.id, institution_id=institution.id, secagg_id=index)
         for index, institution in enumerate(institutions, start=1)
     ]
-    session.add_all(participants)
+    round_.participants.extend(participants)
     round_.threshold = threshold
     session.flush()
     return participants
