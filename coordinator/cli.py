@@ -6,6 +6,7 @@ readable line on stderr and a non-zero exit status, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -143,6 +144,8 @@ def worker(
                 f"--concurrency={concurrency}",
                 f"--loglevel={settings.log_level.upper()}",
                 f"--queues={settings.queue}",
+                # Unique per process, so a monitoring ping can address exactly this worker.
+                f"--hostname=fmtl-worker-{os.getpid()}@%h",
                 "--without-gossip",
                 "--without-mingle",
             ]

@@ -14,7 +14,9 @@ from coordinator.api.problems import problem_responses
 from coordinator.audit import service
 from coordinator.audit.models import AuditAction
 
-router = APIRouter(prefix="/api/v1/audit", tags=["audit"], responses=problem_responses(401, 403))
+router = APIRouter(
+    prefix="/api/v1/audit", tags=["audit"], responses=problem_responses(401, 403, 422)
+)
 
 
 class AuditEntryOut(BaseModel):

@@ -12,7 +12,7 @@ from coordinator.auth import service
 from coordinator.auth.schemas import TokenCreate, TokenIssued, TokenOut, WhoAmI
 from coordinator.db import utcnow
 
-router = APIRouter(prefix="/api/v1", tags=["tokens"], responses=problem_responses(401, 403))
+router = APIRouter(prefix="/api/v1", tags=["tokens"], responses=problem_responses(401, 403, 422))
 
 
 @router.post(

@@ -13,7 +13,7 @@ from coordinator.federations.schemas import FederationOut, FederationSummary
 from federation.spec import NAME_PATTERN, FederationSpec
 
 router = APIRouter(
-    prefix="/api/v1/federations", tags=["federations"], responses=problem_responses(401, 403)
+    prefix="/api/v1/federations", tags=["federations"], responses=problem_responses(401, 403, 422)
 )
 
 FederationName = Annotated[str, Path(pattern=NAME_PATTERN, description="Federation name.")]

@@ -31,9 +31,11 @@ from federation.wire import AGENT_API_PREFIX, AgentProfile, EnrollmentRequest
 router = APIRouter(
     prefix="/api/v1/federations/{federation}/institutions",
     tags=["institutions"],
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses(401, 403, 404, 422),
 )
-agent_router = APIRouter(prefix=AGENT_API_PREFIX, tags=["agents"])
+agent_router = APIRouter(
+    prefix=AGENT_API_PREFIX, tags=["agents"], responses=problem_responses(401, 422)
+)
 
 FederationName = Annotated[str, Path(pattern=NAME_PATTERN, description="Federation name.")]
 InstitutionName = Annotated[str, Path(pattern=NAME_PATTERN, description="Institution name.")]

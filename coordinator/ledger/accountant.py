@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from opacus.accountants import PRVAccountant, RDPAccountant
-
 from coordinator.errors import InvalidInput
 from federation.spec import Accountant
 
@@ -54,6 +52,9 @@ def recompute_epsilon(kind: Accountant, history: Sequence[MechanismStep], delta:
     ]
     if not entries:
         return 0.0
+    # Imported here: it pulls in torch, which only the ledger needs (keeps start-up fast).
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
     if kind is Accountant.RDP:
         rdp = RDPAccountant()
         rdp.history = entries

@@ -15,7 +15,9 @@ from coordinator.ledger import service
 from coordinator.ledger.export import ledger_csv
 from federation.spec import NAME_PATTERN
 
-router = APIRouter(prefix="/api/v1/ledger", tags=["ledger"], responses=problem_responses(401, 403))
+router = APIRouter(
+    prefix="/api/v1/ledger", tags=["ledger"], responses=problem_responses(401, 403, 422)
+)
 
 NameFilter = Annotated[str | None, Query(pattern=NAME_PATTERN)]
 

@@ -15,7 +15,7 @@ from federation.spec import NAME_PATTERN
 router = APIRouter(
     prefix="/api/v1/federations/{federation}/results",
     tags=["results"],
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses(401, 403, 404, 422),
 )
 
 FederationName = Annotated[str, Path(pattern=NAME_PATTERN, description="Federation name.")]
