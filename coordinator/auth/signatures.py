@@ -12,13 +12,18 @@ agent's signer is `agent.http_signing`. A request is accepted only if:
 4. its `nonce` has not been seen for that key; the nonce is then remembered (committed at
    once, so even a request that fails later cannot be replayed) until the signature would be
    too old anyway.
+
+For streamed uploads (masked updates), `verify_agent_headers` checks 1, 3 and 4 before the
+body is read and returns the SHA-256 the signature commits to; the upload handler streams
+the body into the blob store and accepts it only if its digest equals that value (2).
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -41,6 +46,8 @@ from federation.wire import COVERED_COMPONENTS, NONCE_BYTES, SIGNATURE_TAG
 
 _NONCE_PATTERN: Final = re.compile(rf"^[0-9a-f]{{{2 * NONCE_BYTES}}}$")
 _KEY_ID_PATTERN: Final = re.compile(r"^[1-9][0-9]{0,17}$")
+#: A Content-Digest holding one sha-256 value (RFC 9530 section 2): `sha-256=:<base64>:`.
+_SHA256_DIGEST: Final = re.compile(r"^sha-256=:([A-Za-z0-9+/]{43}=):$")
 #: The verifier needs an absolute URL but the authority is not covered (proxies rewrite
 #: it), so requests are verified against this fixed origin plus the received raw path.
 _VERIFY_ORIGIN: Final = "http://coordinator.invalid"
@@ -54,7 +61,15 @@ class ReceivedRequest:
     raw_path: str  # percent-encoded, as on the request line
     query: str  # raw query string, without '?'
     headers: Sequence[tuple[str, str]]
-    body: bytes
+    body: bytes | None  # None: not read yet (streamed); see `verify_agent_headers`
+
+
+@dataclass(frozen=True)
+class SignedHeaders:
+    """A verified signature whose body is still to come, and the digest it must have."""
+
+    institution: Institution
+    content_sha256: bytes
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,27 @@ def verify_agent_request(
     session: Session, request: ReceivedRequest, policy: SignaturePolicy
 ) -> Institution:
     """The enrolled institution that signed `request`; SignatureRejected otherwise."""
+    if request.body is None:
+        raise ValueError("verify_agent_request needs the body; use verify_agent_headers")
+    institution, _ = _verify(session, request, policy)
+    return institution
+
+
+def verify_agent_headers(
+    session: Session, request: ReceivedRequest, policy: SignaturePolicy
+) -> SignedHeaders:
+    """Verify a request's signature before reading its body (streamed uploads).
+
+    The caller must then check that the body it receives has `content_sha256`, and refuse
+    the request (keeping nothing of it) otherwise.
+    """
+    institution, digest = _verify(session, replace(request, body=None), policy)
+    return SignedHeaders(institution=institution, content_sha256=digest)
+
+
+def _verify(
+    session: Session, request: ReceivedRequest, policy: SignaturePolicy
+) -> tuple[Institution, bytes]:
     keys = _InstitutionKeys(session)
     verifier = HTTPMessageVerifier(signature_algorithm=algorithms.ED25519, key_resolver=keys)
     verifier.max_clock_skew = policy.clock_skew
@@ -122,6 +158,7 @@ def verify_agent_request(
     if len(results) != 1 or keys.institution is None:
         raise SignatureRejected("request signature rejected: expected exactly one fmtl signature")
     result = results[0]
+    digest = _signed_sha256(result.covered_components)
     if result.parameters.get("keyid") != keys.institution.key_id:
         raise SignatureRejected("request signature rejected: key id mismatch")
     nonce = result.nonce
@@ -132,7 +169,17 @@ def verify_agent_request(
     created = result.parameters["created"]
     assert isinstance(created, int)  # the verifier checked the type
     _remember_nonce(session, keys.institution, nonce, created, policy)
-    return keys.institution
+    return keys.institution, digest
+
+
+def _signed_sha256(covered: dict[str, str]) -> bytes:
+    """The SHA-256 in the covered `Content-Digest` (the verifier checked it is covered)."""
+    match = _SHA256_DIGEST.match(covered.get('"content-digest"', ""))
+    if match is None:
+        raise SignatureRejected(
+            "request signature rejected: Content-Digest must be exactly one sha-256 digest"
+        )
+    return base64.b64decode(match.group(1))
 
 
 def _remember_nonce(

@@ -114,3 +114,22 @@ def test_cli_audit_verify_names_the_first_broken_entry(
     assert broken.exit_code == 3
     assert "entry 2" in broken.stderr
     assert "Traceback" not in broken.output
+
+
+def test_concurrent_writers_on_sqlite_keep_one_chain(runtime: Runtime) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def write(writer: int) -> None:
+        for index in range(5):
+            with runtime.db.scope() as session:
+                audit.record(
+                    session, TEST_ACTOR, AuditAction.SPEND_RECORDED, f"w{writer}", {"i": index}
+                )
+                session.commit()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(write, range(4)))
+    with runtime.db.scope() as session:
+        result = audit.verify(session)
+    assert result.ok
+    assert result.entries == 20

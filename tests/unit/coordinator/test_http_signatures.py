@@ -5,6 +5,7 @@ A request verifies exactly once, unchanged, fresh, by an enrolled key; anything 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -19,6 +20,7 @@ from coordinator.auth.signatures import (
     ReceivedRequest,
     SignaturePolicy,
     purge_expired_nonces,
+    verify_agent_headers,
     verify_agent_request,
 )
 from coordinator.db import utcnow
@@ -154,3 +156,23 @@ def test_nonces_are_forgotten_once_they_could_no_longer_be_replayed(
     later = utcnow() + timedelta(seconds=300)
     assert purge_expired_nonces(session, later) == 1  # the older one
     assert session.scalar(sa.select(sa.func.count()).select_from(SignatureNonce)) == 1
+
+
+def test_streamed_uploads_verify_headers_first_and_learn_the_digest_to_check(
+    session: Session, enrolled_agent: EnrolledAgent
+) -> None:
+    body = bytes(range(256)) * 1000
+    request = replace(_signed(enrolled_agent.signer, body=body), body=None)
+    signed = verify_agent_headers(session, request, POLICY)
+    assert signed.institution.id == enrolled_agent.institution.id
+    assert signed.content_sha256 == hashlib.sha256(body).digest()
+    with pytest.raises(ReplayDetected):
+        verify_agent_headers(session, request, POLICY)
+
+
+def test_verifying_a_whole_request_needs_its_body(
+    session: Session, enrolled_agent: EnrolledAgent
+) -> None:
+    request = replace(_signed(enrolled_agent.signer), body=None)
+    with pytest.raises(ValueError, match="needs the body"):
+        verify_agent_request(session, request, POLICY)
