@@ -7,11 +7,12 @@ readable line on stderr and a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Annotated, Final, NoReturn
+from typing import TYPE_CHECKING, Annotated, Final, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -21,6 +22,9 @@ from coordinator.auth.models import Role
 from coordinator.errors import ConfigurationError, CoordinatorError, DatabaseNotReady
 from coordinator.runtime import Runtime
 from coordinator.settings import Settings
+
+if TYPE_CHECKING:
+    from coordinator.worker import CoordinatorCelery
 
 app = typer.Typer(
     name="coordinator",
@@ -117,7 +121,7 @@ def serve(
         )
 
 
-def _production_celery(what: str) -> tuple[Settings, object]:
+def _production_celery(what: str) -> tuple[Settings, CoordinatorCelery]:
     from coordinator.worker import create_celery
 
     settings = _settings()
@@ -138,7 +142,7 @@ def worker(
     """Run a Celery worker process pool (production: redis:// broker)."""
     with _readable_errors():
         settings, celery = _production_celery("worker")
-        celery.worker_main(  # type: ignore[attr-defined]
+        celery.worker_main(
             [
                 "worker",
                 f"--concurrency={concurrency}",
@@ -158,7 +162,7 @@ def beat() -> None:
     with _readable_errors():
         settings, celery = _production_celery("beat")
         settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        celery.start(["beat", f"--loglevel={settings.log_level.upper()}"])  # type: ignore[attr-defined]
+        celery.start(["beat", f"--loglevel={settings.log_level.upper()}"])
 
 
 @app.command()
@@ -187,8 +191,6 @@ def create_token(
 ) -> None:
     """Issue an API token and print it once on stdout (e.g. the first admin's)."""
     with _readable_errors():
-        import re
-
         from coordinator.auth import service
         from coordinator.auth.schemas import TOKEN_NAME_PATTERN
         from coordinator.db import utcnow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated
 
 from fastapi import APIRouter, Path
@@ -64,6 +65,4 @@ def download_version(
 
 
 def _b64(hex_digest: str) -> str:
-    import base64
-
     return base64.b64encode(bytes.fromhex(hex_digest)).decode("ascii")
