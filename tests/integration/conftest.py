@@ -176,9 +176,13 @@ class CoordinatorEnv:
 @pytest.fixture
 def coordinator_env(
     migrated_postgres_url: str, redis_url: str, namespace: str, tmp_path: Path
-) -> CoordinatorEnv:
+) -> Iterator[CoordinatorEnv]:
+    """Settings for this test's processes; afterwards, this test's broker keys are removed
+    (only those naming its unique queue: other runs may share the Redis)."""
+    import redis
+
     state_dir = tmp_path / "coordinator-state"
-    return CoordinatorEnv(
+    yield CoordinatorEnv(
         variables={
             "FMTL_DATABASE_URL": migrated_postgres_url,
             "FMTL_BROKER_URL": redis_url,
@@ -189,6 +193,12 @@ def coordinator_env(
         },
         state_dir=state_dir,
     )
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match=f"*{namespace}*"):
+            client.delete(key)
+    finally:
+        client.close()
 
 
 @dataclass(frozen=True)
