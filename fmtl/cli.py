@@ -20,7 +20,14 @@ app = typer.Typer(
 )
 
 # (name, module:attribute of a Typer app, extra that provides it, help)
-_PARTS: tuple[tuple[str, str, str, str], ...] = ()
+_PARTS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "coordinator",
+        "coordinator.cli:app",
+        "coordinator",
+        "Run the coordinator: API server, workers, scheduler, migrations, bootstrap.",
+    ),
+)
 _OURS = frozenset({"fmtl", "federation", "privacy", "coordinator", "agent"})
 
 

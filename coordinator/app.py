@@ -1,0 +1,94 @@
+"""The coordinator's FastAPI application factory.
+
+`create_app(settings)` wires the runtime (database, blob store), the Celery app, the routers
+of every domain, the problem handlers, the body-size limit and metrics. In embedded mode
+(`memory://` broker) its lifespan also runs the in-process worker and tick loop. It never
+migrates the database: `fmtl coordinator serve` does that first (embedded), or
+`fmtl coordinator migrate` does (production).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from starlette.concurrency import run_in_threadpool
+
+from coordinator.api.middleware import BodySizeLimit, RequestMetrics
+from coordinator.api.ops import router as ops_router
+from coordinator.api.problems import install_problem_handlers
+from coordinator.audit.views import router as audit_router
+from coordinator.auth.views import router as tokens_router
+from coordinator.federations.views import router as federations_router
+from coordinator.institutions.views import agent_router
+from coordinator.institutions.views import router as institutions_router
+from coordinator.ledger.views import router as ledger_router
+from coordinator.model_versions.views import router as models_router
+from coordinator.results.views import router as results_router
+from coordinator.rounds.views import router as rounds_router
+from coordinator.runtime import Runtime
+from coordinator.settings import Settings
+from coordinator.worker import EmbeddedWorker, create_celery
+from fmtl import __version__
+
+API_TITLE: Final = "fmtl coordinator"
+#: Paths whose handlers stream bodies into the blob store with their own size limit
+#: (masked-update uploads, added by the round engine).
+STREAMED_UPLOAD_PREFIXES: Final = ("/agent/v1/rounds/",)
+
+
+def create_app(settings: Settings, *, start_embedded_worker: bool = True) -> FastAPI:
+    runtime = Runtime.from_settings(settings)
+    celery = create_celery(settings, runtime)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        embedded: EmbeddedWorker | None = None
+        if settings.embedded_worker and start_embedded_worker:
+            embedded = EmbeddedWorker(celery, settings.tick_interval_s)
+            await run_in_threadpool(embedded.start)
+        app.state.embedded_worker = embedded
+        try:
+            yield
+        finally:
+            if embedded is not None:
+                await run_in_threadpool(embedded.stop)
+            runtime.db.dispose()
+
+    app = FastAPI(
+        title=API_TITLE,
+        version=__version__,
+        description="Federated multi-task learning with secure aggregation and "
+        "differential privacy: the coordinator's API. Errors are application/problem+json.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.celery = celery
+    app.state.embedded_worker = None
+    registry = CollectorRegistry()
+    app.state.metrics_registry = registry
+
+    for router in (
+        ops_router,
+        tokens_router,
+        federations_router,
+        institutions_router,
+        rounds_router,
+        models_router,
+        results_router,
+        ledger_router,
+        audit_router,
+        agent_router,
+    ):
+        app.include_router(router)
+    install_problem_handlers(app)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        streamed_prefixes=STREAMED_UPLOAD_PREFIXES,
+    )
+    app.add_middleware(RequestMetrics, registry=registry)
+    return app

@@ -1,0 +1,54 @@
+"""The audit log table: an append-only chain of entries, each holding its predecessor's hash."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Final
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from coordinator.db import Base, UTCDateTime, enum_column
+
+#: SHA-256 hex digest length.
+HASH_HEX_LENGTH: Final = 64
+#: `prev_hash` of the first entry: no predecessor.
+GENESIS_HASH: Final = "0" * HASH_HEX_LENGTH
+
+
+class AuditAction(enum.StrEnum):
+    """Every kind of state change the coordinator records."""
+
+    TOKEN_CREATED = "token.created"  # noqa: S105 - an action name, not a secret
+    TOKEN_REVOKED = "token.revoked"  # noqa: S105
+    FEDERATION_CREATED = "federation.created"
+    INSTITUTION_INVITED = "institution.invited"
+    INSTITUTION_ENROLLED = "institution.enrolled"
+    INSTITUTION_REVOKED = "institution.revoked"
+    ROUND_CREATED = "round.created"
+    ROUND_STAGE_CHANGED = "round.stage_changed"
+    MODEL_VERSION_STORED = "model_version.stored"
+    TASK_METRICS_RECORDED = "task_metrics.recorded"
+    SPEND_RECORDED = "spend.recorded"
+
+
+class AuditEntry(Base):
+    """One state change. `entry_hash` = SHA-256 over the canonical JSON of all other fields.
+
+    `seq` numbers entries 1, 2, 3 ... with no gaps; `prev_hash` is unique, so the chain
+    cannot fork even if two writers raced past the lock (one of them fails instead).
+    """
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(sa.String(200))
+    action: Mapped[AuditAction] = mapped_column(enum_column(AuditAction, 64))
+    subject: Mapped[str] = mapped_column(sa.String(200), index=True)
+    #: Canonical JSON (sorted keys, no whitespace), stored as text so the hashed bytes are
+    #: exactly what is stored, on every backend.
+    details: Mapped[str] = mapped_column(sa.Text)
+    prev_hash: Mapped[str] = mapped_column(sa.String(HASH_HEX_LENGTH), unique=True)
+    entry_hash: Mapped[str] = mapped_column(sa.String(HASH_HEX_LENGTH), unique=True)

@@ -1,0 +1,34 @@
+"""What every coordinator process holds: its settings, the database and the blob store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from coordinator.auth.signatures import SignaturePolicy
+from coordinator.blobs.local import LocalBlobStore
+from coordinator.blobs.store import BlobStore
+from coordinator.db import Database
+from coordinator.settings import Settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Runtime:
+        return cls(
+            settings=settings,
+            db=Database(settings.resolved_database_url),
+            blobs=LocalBlobStore(settings.resolved_blob_dir),
+        )
+
+    @property
+    def signature_policy(self) -> SignaturePolicy:
+        return SignaturePolicy(
+            max_age=timedelta(seconds=self.settings.signature_max_age_s),
+            clock_skew=timedelta(seconds=self.settings.signature_clock_skew_s),
+        )

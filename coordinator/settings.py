@@ -1,0 +1,169 @@
+"""The coordinator's one settings object: every knob, its default, and where it comes from.
+
+Defaults are the embedded deployment (nothing to install): a SQLite file and a blob folder
+under `state_dir`, and the `memory://` broker, which means Celery tasks run on a worker
+thread inside `fmtl coordinator serve`. Production overrides come from `FMTL_*` environment
+variables (or a `.env`-style file named by the caller), e.g.
+
+    FMTL_DATABASE_URL=postgresql+psycopg://fmtl@db/fmtl
+    FMTL_BROKER_URL=redis://redis:6379/0
+    FMTL_TOKEN_PEPPER=<48 random bytes, base64>
+
+Nothing else in the coordinator reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Final, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from coordinator.errors import ConfigurationError
+from federation.wire import SIGNATURE_CLOCK_SKEW_S, SIGNATURE_MAX_AGE_S
+
+ENV_PREFIX: Final = "FMTL_"
+#: Broker URL meaning "no broker: tasks run on an in-process worker thread".
+EMBEDDED_BROKER: Final = "memory://"
+#: Bytes of a generated token pepper (HMAC-SHA256 key: 32 bytes is its block-size-safe choice).
+PEPPER_BYTES: Final = 32
+PEPPER_FILE_NAME: Final = "token_pepper"
+MIN_PEPPER_LENGTH: Final = 16
+
+
+class Settings(BaseSettings):
+    """Coordinator settings (prefix `FMTL_`, e.g. `FMTL_DATABASE_URL`)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    state_dir: Path = Field(
+        default=Path("var"),
+        description="Folder for embedded state: the SQLite file, blobs, the generated "
+        "token pepper, the beat schedule.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; unset: SQLite file `<state_dir>/coordinator.sqlite3`.",
+    )
+    blob_dir: Path | None = Field(
+        default=None, description="Blob folder; unset: `<state_dir>/blobs`."
+    )
+    broker_url: str = Field(
+        default=EMBEDDED_BROKER,
+        description="Celery broker; `memory://` runs tasks on a thread inside `serve`, "
+        "`redis://...` needs separate `worker` and `beat` processes.",
+    )
+    queue: str = Field(
+        default="fmtl",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="Celery queue name the API sends to and the workers consume.",
+    )
+    auto_migrate: bool | None = Field(
+        default=None,
+        description="Upgrade the schema on start; unset: only for SQLite (embedded).",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `serve` listens on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `serve` listens on.")
+    token_pepper: SecretStr | None = Field(
+        default=None,
+        description="HMAC key for stored token hashes; unset: generated once into "
+        "`<state_dir>/token_pepper` (mode 0600). Set it explicitly in production.",
+    )
+    max_body_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        description="Largest request body accepted by JSON endpoints (streamed uploads "
+        "are limited by their own size checks).",
+    )
+    enrollment_token_ttl_s: int = Field(
+        default=7 * 24 * 3600, ge=60, description="How long an enrollment invitation is valid."
+    )
+    signature_max_age_s: int = Field(
+        default=SIGNATURE_MAX_AGE_S, ge=10, le=3600, description="Oldest accepted signature."
+    )
+    signature_clock_skew_s: int = Field(
+        default=SIGNATURE_CLOCK_SKEW_S, ge=0, le=600, description="Tolerated clock skew."
+    )
+    tick_interval_s: float = Field(
+        default=5.0, gt=0.0, le=3600.0, description="Period of the deadline `tick` task."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("sqlite", "postgresql")):
+            raise ValueError("database_url must be a sqlite:// or postgresql:// URL")
+        return url
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, url: str) -> str:
+        if url != EMBEDDED_BROKER and not url.startswith(("redis://", "rediss://")):
+            raise ValueError("broker_url must be memory:// (embedded) or a redis:// URL")
+        return url
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url
+        return f"sqlite:///{(self.state_dir / 'coordinator.sqlite3').resolve()}"
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return self.blob_dir if self.blob_dir is not None else self.state_dir / "blobs"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def embedded_worker(self) -> bool:
+        """Whether tasks run on a thread inside the API process."""
+        return self.broker_url == EMBEDDED_BROKER
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+    @cached_property
+    def pepper(self) -> bytes:
+        """The token-hash pepper: from settings, else from (or generated into) the state dir."""
+        if self.token_pepper is not None:
+            value = self.token_pepper.get_secret_value().encode()
+            if len(value) < MIN_PEPPER_LENGTH:
+                raise ConfigurationError(
+                    f"FMTL_TOKEN_PEPPER must be at least {MIN_PEPPER_LENGTH} characters"
+                )
+            return value
+        return _state_dir_pepper(self.state_dir / PEPPER_FILE_NAME)
+
+
+def _state_dir_pepper(path: Path) -> bytes:
+    """Read the pepper file, or create it (0600) atomically, so racing processes agree."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(PEPPER_BYTES).encode()
+    draft = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(value)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(draft, path)  # no-clobber: the first process to link wins
+        except FileExistsError:
+            return path.read_bytes()
+        return value
+    finally:
+        draft.unlink(missing_ok=True)

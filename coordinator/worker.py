@@ -1,0 +1,163 @@
+"""The Celery application: configured from settings, in either deployment.
+
+- `redis://` broker (production): `fmtl coordinator worker` runs worker processes and
+  `fmtl coordinator beat` sends the periodic `tick`; the API only enqueues.
+- `memory://` broker (embedded): `fmtl coordinator serve` starts an `EmbeddedWorker`, a
+  worker thread consuming the in-process queue plus a loop sending `tick`. The tasks,
+  their serialisation and their queue are the same; only where they run differs.
+
+Tasks take JSON arguments only, are acknowledged after they finish (`acks_late`) and are
+written to be idempotent from database state, so a worker killed mid-task loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Final
+
+from celery import Celery
+from celery.signals import worker_process_init
+from celery.worker import WorkController
+from celery.worker import state as worker_state
+
+from coordinator.runtime import Runtime
+from coordinator.settings import Settings
+from coordinator.tasks import tick
+
+logger = logging.getLogger(__name__)
+
+TICK_TASK: Final = "fmtl.tick"
+#: How long `EmbeddedWorker.start()` waits for the consumer to be ready, and `stop()` for
+#: the thread to finish its current task.
+EMBEDDED_START_TIMEOUT_S: Final = 30.0
+EMBEDDED_STOP_TIMEOUT_S: Final = 30.0
+
+
+class CoordinatorCelery(Celery):  # type: ignore[misc]
+    """A Celery app that carries the coordinator runtime its tasks work with."""
+
+    runtime: Runtime
+
+
+def create_celery(settings: Settings, runtime: Runtime | None = None) -> CoordinatorCelery:
+    # kombu wants a host even for its in-memory transport.
+    broker = "memory://localhost//" if settings.embedded_worker else settings.broker_url
+    app = CoordinatorCelery("fmtl-coordinator", broker=broker, set_as_current=False)
+    app.runtime = runtime if runtime is not None else Runtime.from_settings(settings)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,  # effects land in the database, never in a result backend
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=settings.queue,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+        timezone="UTC",
+        beat_schedule={
+            "tick": {"task": TICK_TASK, "schedule": settings.tick_interval_s},
+        },
+        beat_schedule_filename=str(settings.state_dir / "celerybeat-schedule"),
+    )
+
+    # shared=False: a shared task would be registered on every later app too, bound to
+    # this app's runtime (another database) through the closure.
+    @app.task(name=TICK_TASK, shared=False)  # type: ignore[untyped-decorator]
+    def _tick() -> dict[str, Any]:
+        report = tick(app.runtime)
+        return {
+            "nonces_purged": report.nonces_purged,
+            "overdue_rounds": list(report.overdue_rounds),
+        }
+
+    def _forget_parent_pool(**_: object) -> None:
+        app.runtime.db.forget_after_fork()
+
+    # A prefork child must not reuse the connections it inherited from its parent.
+    worker_process_init.connect(_forget_parent_pool, weak=False)
+    app.finalize()
+    return app
+
+
+def check_broker(app: Celery, timeout_s: float = 3.0) -> None:
+    """Raise if the broker cannot be reached (readiness probe)."""
+    with app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=timeout_s)
+
+
+class EmbeddedWorker:
+    """A Celery worker thread and a tick loop inside the API process (embedded mode)."""
+
+    def __init__(self, app: CoordinatorCelery, tick_interval_s: float) -> None:
+        self.app = app
+        self.tick_interval_s = tick_interval_s
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._controller: WorkController | None = None
+        self._worker_thread: threading.Thread | None = None
+        self._tick_thread: threading.Thread | None = None
+
+    @property
+    def alive(self) -> bool:
+        return (
+            self._worker_thread is not None
+            and self._worker_thread.is_alive()
+            and self._ready.is_set()
+            and not self._stopping.is_set()
+        )
+
+    def start(self) -> None:
+        ready = self._ready
+
+        class _Controller(WorkController):  # type: ignore[misc]
+            def on_consumer_ready(self, consumer: object) -> None:
+                ready.set()
+
+        self._controller = _Controller(
+            app=self.app,
+            pool_cls="solo",
+            concurrency=1,
+            hostname=f"embedded@{self.app.conf.task_default_queue}",
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+            loglevel=logging.WARNING,
+        )
+        controller = self._controller
+
+        def run() -> None:
+            # Celery resolves tasks through the thread's current app when it executes them.
+            self.app.set_current()
+            controller.start()
+
+        self._worker_thread = threading.Thread(target=run, name="fmtl-embedded-worker", daemon=True)
+        self._worker_thread.start()
+        if not self._ready.wait(EMBEDDED_START_TIMEOUT_S):
+            raise RuntimeError("the embedded Celery worker did not start")
+        self._tick_thread = threading.Thread(
+            target=self._tick_loop, name="fmtl-embedded-beat", daemon=True
+        )
+        self._tick_thread.start()
+
+    def _tick_loop(self) -> None:
+        while not self._stopping.wait(self.tick_interval_s):
+            try:
+                self.app.send_task(TICK_TASK)
+            except Exception:  # keep ticking: the next period retries
+                logger.exception("could not send the periodic tick")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._tick_thread is not None:
+            self._tick_thread.join(EMBEDDED_STOP_TIMEOUT_S)
+        if self._worker_thread is not None:
+            # The consumer loop polls this flag; 0 means a clean (warm) stop.
+            worker_state.should_terminate = 0
+            self._worker_thread.join(EMBEDDED_STOP_TIMEOUT_S)
+            worker_state.should_terminate = None
+            if self._worker_thread.is_alive():
+                logger.warning("the embedded worker did not stop in time")
