@@ -18,6 +18,7 @@ the sum's masks: keep it with the same care as the uploads, and delete both afte
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -246,8 +247,10 @@ def unmask_slice(
     `masked_sum_slice` is a uint32/uint64 array (per the plan's bits) of length stop-start.
     Returns a new array unless `in_place`, in which case the slice itself is unmasked.
     """
-    if not (isinstance(start, int) and isinstance(stop, int)):
-        raise InvalidInput("start and stop must be ints")
+    try:
+        start, stop = operator.index(start), operator.index(stop)
+    except TypeError as exc:
+        raise InvalidInput("start and stop must be integers") from exc
     if not 0 <= start < stop <= plan.vector_length:
         raise InvalidInput(f"slice [{start}, {stop}) is not within [0, {plan.vector_length})")
     check_ring_vector(
