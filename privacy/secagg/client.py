@@ -243,8 +243,8 @@ class ClientRound:
             streams.append(
                 MaskStream(self._mask_key(seed, MaskPurpose.PAIRWISE), pairwise_sign(me, peer))
             )
-        masked = np.array(encoded, copy=True)
-        apply_masks(masked, 0, streams)
+        masked = np.empty_like(encoded)
+        apply_masks(masked, 0, streams, source=encoded)
         self._state = replace(
             state,
             stage=ClientStage.MASKED,

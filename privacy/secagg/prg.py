@@ -90,11 +90,19 @@ def _encryptor(key: bytes, byte_start: int) -> CipherContext:
     return encryptor
 
 
-def apply_masks(target: RingVector, start: int, streams: Sequence[MaskStream]) -> None:
+def apply_masks(
+    target: RingVector,
+    start: int,
+    streams: Sequence[MaskStream],
+    *,
+    source: RingVector | None = None,
+) -> None:
     """Add Σ sign·PRG(key)[start : start + len(target)] to `target`, in place, mod 2^k.
 
     `target` holds coordinates [start, start + len(target)) of a vector of Z_2^k (uint32 or
     uint64, 1-D, contiguous, writeable); callers validate it with `check_ring_vector`.
+    With `source` (same dtype and length), `target` is first overwritten with it, chunk by
+    chunk, which saves a separate pass over memory when masking a copy.
     """
     if start < 0:
         raise InvalidInput(f"the first coordinate must be >= 0, got {start}")
@@ -111,6 +119,8 @@ def apply_masks(target: RingVector, start: int, streams: Sequence[MaskStream]) -
     for offset in range(0, length, per_chunk):
         count = min(per_chunk, length - offset)
         part = target[offset : offset + count]
+        if source is not None:
+            np.copyto(part, source[offset : offset + count])
         data = zeros[: count * itemsize]
         piece = keystream[:count]
         for encryptor, stream in zip(encryptors, streams, strict=True):

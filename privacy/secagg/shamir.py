@@ -55,15 +55,28 @@ def split_secret(secret: bytes, holders: Sequence[int], threshold: int) -> dict[
 
 @lru_cache(maxsize=_LAGRANGE_CACHE_SIZE)
 def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
-    """Coefficients λ_i with f(0) = Σ λ_i f(x_i) for every f of degree < len(xs)."""
-    coefficients = []
+    """Coefficients λ_i with f(0) = Σ λ_i f(x_i) for every f of degree < len(xs).
+
+    λ_i = Π_{j≠i} x_j / (x_j - x_i); the denominators are inverted together with one
+    modular inversion (Montgomery's trick), since inversions dominate the cost.
+    """
+    numerators, denominators = [], []
     for i, xi in enumerate(xs):
         numerator, denominator = 1, 1
         for j, xj in enumerate(xs):
             if i != j:
                 numerator = numerator * xj % PRIME
                 denominator = denominator * (xj - xi) % PRIME
-        coefficients.append(numerator * pow(denominator, -1, PRIME) % PRIME)
+        numerators.append(numerator)
+        denominators.append(denominator)
+    prefix = [1]
+    for denominator in denominators:
+        prefix.append(prefix[-1] * denominator % PRIME)
+    inverse = pow(prefix[-1], -1, PRIME)  # 1 / (d_0 · d_1 · … · d_{m-1})
+    coefficients = [0] * len(xs)
+    for i in range(len(xs) - 1, -1, -1):
+        coefficients[i] = numerators[i] * inverse * prefix[i] % PRIME  # · 1/d_i
+        inverse = inverse * denominators[i] % PRIME
     return tuple(coefficients)
 
 
