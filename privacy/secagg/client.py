@@ -41,6 +41,7 @@ from privacy.secagg.errors import (
     MalformedMessage,
     ProtocolViolation,
     ThresholdNotMet,
+    expect,
 )
 from privacy.secagg.keys import (
     SEED_SIZE,
@@ -72,6 +73,7 @@ class ClientRound:
     """One participant's view of one round. Create with `start` or `restore`."""
 
     def __init__(self, state: ClientState, identity: IdentityKey) -> None:
+        expect(identity, IdentityKey, "the identity")
         if state.config.participant(state.me).identity != identity.public_key():
             raise InvalidInput(
                 f"the identity key is not the one enrolled for participant {state.me}"
@@ -84,6 +86,7 @@ class ClientRound:
     @classmethod
     def start(cls, config: RoundConfig, participant: int, identity: IdentityKey) -> ClientRound:
         """Round 0: make the two fresh X25519 key pairs (c_u, s_u) of this round."""
+        expect(config, RoundConfig, "the round config")
         config.participant(participant)
         c_key, s_key = AgreementKey.generate(), AgreementKey.generate()
         state = ClientState(
@@ -139,6 +142,7 @@ class ClientRound:
         duplicated key, ThresholdNotMet when fewer than t advertised or fewer than the share
         threshold of this client's holders did.
         """
+        expect(broadcast, KeyBroadcast, "the key broadcast")
         state, config, me = self._state, self.config, self._state.me
         if state.stage >= ClientStage.SHARED:
             if broadcast != state.broadcast:
@@ -214,6 +218,7 @@ class ClientRound:
         does not authenticate, ProtocolViolation for a bundle that is missing or adds
         shares, ThresholdNotMet when fewer than t shared keys.
         """
+        expect(bundle, ShareBundle, "the share bundle")
         state, config, me = self._state, self.config, self._state.me
         if state.stage >= ClientStage.MASKED:
             raise ProtocolViolation(
@@ -306,6 +311,7 @@ class ClientRound:
 
         Signing is once per round: a different survivor set later is a ProtocolViolation.
         """
+        expect(survivors, SurvivorSet, "the survivor set")
         state, config, me = self._state, self.config, self._state.me
         if state.stage >= ClientStage.SIGNED:
             if survivors.survivors != state.survivors:
@@ -328,6 +334,7 @@ class ClientRound:
         For each participant w whose shares this client holds: the share of b_w if w is in
         U3, the share of s_w^SK if w shared keys but is not in U3 — never both.
         """
+        expect(proof, ConsistencyProof, "the consistency proof")
         state, config = self._state, self.config
         if state.stage < ClientStage.SIGNED:
             raise ProtocolViolation("unmask before sign_survivors")

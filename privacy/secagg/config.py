@@ -147,6 +147,8 @@ class RoundConfig:
 
     def participant(self, pid: int) -> Participant:
         """The participant with this id; an unknown id is a protocol violation."""
+        if not _is_int(pid):
+            raise InvalidInput(f"a participant id must be an int, got {type(pid).__name__}")
         found = self._by_id.get(pid)
         if found is None:
             raise ProtocolViolation(f"participant {pid} is not in this round", participant=pid)

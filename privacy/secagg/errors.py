@@ -48,3 +48,10 @@ class ProtocolViolation(SecAggError):  # noqa: N818 (names from CONVENTIONS.md)
     Examples: a message of another round, a step taken out of order, a duplicate sender, an
     unknown participant id, a survivor set that differs from the one already signed.
     """
+
+
+def expect(value: object, kind: type, what: str) -> None:
+    """Raise InvalidInput unless `value` is a `kind`: public entry points check their
+    arguments' types, so a caller's mix-up is a typed error, not an AttributeError."""
+    if not isinstance(value, kind):
+        raise InvalidInput(f"{what} must be a {kind.__name__}, got {type(value).__name__}")

@@ -36,8 +36,8 @@ def recommended_degree(n: int) -> int:
 
     0 means "use the complete graph" (the neighbour graph saves nothing below that size).
     """
-    if n < 2:
-        raise InvalidInput(f"a round needs at least 2 participants, got {n}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise InvalidInput(f"a round needs an int of at least 2 participants, got {n!r}")
     degree = 2 * math.ceil(DEGREE_PER_LOG2_N * math.log2(n) / 2)
     return degree if degree < n - 1 else 0
 

@@ -11,6 +11,7 @@ state machines, which know the round.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Final
 
 import numpy as np
@@ -115,11 +116,13 @@ class KeyBroadcast:
         """U1: who advertised keys."""
         return tuple(a.sender for a in self.adverts)
 
+    @cached_property
+    def _by_sender(self) -> dict[int, KeyAdvert]:
+        return {a.sender: a for a in self.adverts}
+
     def advert(self, pid: int) -> KeyAdvert | None:
-        for advert in self.adverts:
-            if advert.sender == pid:
-                return advert
-        return None
+        """The advert of participant `pid`, or None if it did not advertise."""
+        return self._by_sender.get(pid)
 
     def to_bytes(self) -> bytes:
         writer = Writer(self._TAG).fixed(self.round_id).u32(len(self.adverts))

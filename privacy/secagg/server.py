@@ -16,7 +16,7 @@ from typing import Protocol, TypeVar
 
 from privacy.secagg.config import RoundConfig
 from privacy.secagg.consistency import ConsistencyProof, ConsistencySignature, SurvivorSet
-from privacy.secagg.errors import InvalidInput, ProtocolViolation
+from privacy.secagg.errors import InvalidInput, ProtocolViolation, expect
 from privacy.secagg.keys import check_agreement_public_key
 from privacy.secagg.messages import (
     KeyAdvert,
@@ -40,7 +40,9 @@ class _FromSender(Protocol):
 M = TypeVar("M", bound=_FromSender)
 
 
-def _check_origin(config: RoundConfig, message: _FromSender, what: str) -> None:
+def _check_origin(config: RoundConfig, message: _FromSender, kind: type, what: str) -> None:
+    expect(config, RoundConfig, "the round config")
+    expect(message, kind, f"the {what}")
     if message.round_id != config.digest:
         raise ProtocolViolation(
             f"the {what} of participant {message.sender} belongs to another round",
@@ -68,7 +70,7 @@ def _one_per_sender(messages: Iterable[M], check: Callable[[M], None], what: str
 def check_advert(config: RoundConfig, advert: KeyAdvert) -> None:
     """A known participant's advert for this round, signed by its enrolled identity key,
     with two distinct X25519 keys of full order (BadSignature / ProtocolViolation)."""
-    _check_origin(config, advert, "key advert")
+    _check_origin(config, advert, KeyAdvert, "key advert")
     identity = config.participant(advert.sender).identity
     identity.verify(
         advert.signature, advert.signed_payload(), participant=advert.sender, what="advert"
@@ -96,7 +98,8 @@ def check_share_keys(
     config: RoundConfig, broadcast: KeyBroadcast, message: ShareKeysMessage
 ) -> None:
     """From a participant in U1, with exactly one ciphertext per other holder in U1."""
-    _check_origin(config, message, "share keys message")
+    expect(broadcast, KeyBroadcast, "the key broadcast")
+    _check_origin(config, message, ShareKeysMessage, "share keys message")
     require_subset([message.sender], broadcast.senders, "share keys")
     expected = sorted((config.holders(message.sender) & set(broadcast.senders)) - {message.sender})
     receivers = [share.receiver for share in message.shares]
@@ -136,7 +139,7 @@ def check_masked_input(
     config: RoundConfig, share_senders: Collection[int], message: MaskedInput
 ) -> None:
     """From a participant in U2, with a vector of the round's length and bits."""
-    _check_origin(config, message, "masked input")
+    _check_origin(config, message, MaskedInput, "masked input")
     require_subset([message.sender], share_senders, "masked input")
     check_ring_vector(message.vector, config.bits, config.vector_length, "the masked input")
 
@@ -145,6 +148,7 @@ def close_masked_input(
     config: RoundConfig, share_senders: Collection[int], uploaded: Iterable[int]
 ) -> SurvivorSet:
     """End round 2: U3 = who uploaded a masked input in time, to be signed by each of them."""
+    expect(config, RoundConfig, "the round config")
     survivors = tuple(sorted(set(uploaded)))
     check_survivors(config, share_senders, survivors)
     return SurvivorSet(config.digest, survivors)
@@ -155,7 +159,8 @@ def check_consistency_signature(
     config: RoundConfig, survivors: SurvivorSet, signature: ConsistencySignature
 ) -> None:
     """A survivor's valid identity-key signature of exactly this survivor set."""
-    _check_origin(config, signature, "consistency signature")
+    expect(survivors, SurvivorSet, "the survivor set")
+    _check_origin(config, signature, ConsistencySignature, "consistency signature")
     require_subset([signature.sender], survivors.survivors, "consistency signature")
     config.participant(signature.sender).identity.verify(
         signature.signature,
@@ -169,6 +174,8 @@ def close_consistency(
     config: RoundConfig, survivors: SurvivorSet, signatures: Iterable[ConsistencySignature]
 ) -> ConsistencyProof:
     """End round 3: U4 = the survivors that signed; at least t, or the round fails."""
+    expect(config, RoundConfig, "the round config")
+    expect(survivors, SurvivorSet, "the survivor set")
     if survivors.round_id != config.digest:
         raise InvalidInput("the survivor set belongs to another round")
     accepted = _one_per_sender(

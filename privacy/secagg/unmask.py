@@ -29,7 +29,13 @@ import numpy as np
 
 from privacy.secagg.config import MAX_PARTICIPANTS, MAX_VECTOR_LENGTH, RoundConfig
 from privacy.secagg.consistency import ConsistencyProof, UnmaskResponse
-from privacy.secagg.errors import InvalidInput, InvalidShare, MalformedMessage, ProtocolViolation
+from privacy.secagg.errors import (
+    InvalidInput,
+    InvalidShare,
+    MalformedMessage,
+    ProtocolViolation,
+    expect,
+)
 from privacy.secagg.keys import (
     DIGEST_SIZE,
     SEED_SIZE,
@@ -138,6 +144,9 @@ def check_unmask_response(
 ) -> None:
     """From a signer of the survivor set (U4), with exactly the shares the protocol asks:
     b_w for every survivor w it holds shares of, s_w^SK for every dropped w in U2."""
+    expect(config, RoundConfig, "the round config")
+    expect(proof, ConsistencyProof, "the consistency proof")
+    expect(response, UnmaskResponse, "the unmask response")
     if response.round_id != config.digest:
         raise ProtocolViolation(
             f"the unmask response of participant {response.sender} belongs to another round",
@@ -173,6 +182,11 @@ def plan_unmask(
     does not match its commitment or public key, ProtocolViolation for a response that
     does not follow the protocol.
     """
+    expect(config, RoundConfig, "the round config")
+    expect(broadcast, KeyBroadcast, "the key broadcast")
+    expect(proof, ConsistencyProof, "the consistency proof")
+    for message in share_messages:
+        expect(message, ShareKeysMessage, "a share keys message")
     if proof.round_id != config.digest or broadcast.round_id != config.digest:
         raise InvalidInput("the key broadcast or consistency proof belongs to another round")
     commitments = {m.sender: m.self_seed_commitment for m in share_messages}
@@ -247,6 +261,7 @@ def unmask_slice(
     `masked_sum_slice` is a uint32/uint64 array (per the plan's bits) of length stop-start.
     Returns a new array unless `in_place`, in which case the slice itself is unmasked.
     """
+    expect(plan, UnmaskPlan, "the unmask plan")
     try:
         start, stop = operator.index(start), operator.index(stop)
     except TypeError as exc:

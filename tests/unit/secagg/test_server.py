@@ -144,3 +144,36 @@ def test_share_encryption_binds_sender_receiver_and_round() -> None:
     for sender, receiver, round_id in [(2, 1, digest), (1, 3, digest), (1, 2, bytes(32))]:
         with pytest.raises(InvalidShare):
             decrypt_share(key, round_id, sender, receiver, nonce, ciphertext)
+
+
+def test_mixed_up_arguments_are_typed_errors(finished) -> None:
+    progress, responses, plan, masked_sum = finished
+    config, broadcast, proof = progress.config, progress.broadcast, progress.proof
+    calls = [
+        lambda: close_advertise(config, [progress.share_messages[0]]),
+        lambda: close_advertise(config.to_bytes(), list(broadcast.adverts)),
+        lambda: route_shares(config, proof, progress.share_messages),
+        lambda: check_masked_input(config, [1], progress.share_messages[0]),
+        lambda: close_consistency(config, proof, proof.signatures),
+        lambda: plan_unmask(
+            config, broadcast, progress.share_messages, progress.survivor_set, responses
+        ),
+        lambda: plan_unmask(config, broadcast, [b"bytes"], proof, responses),
+        lambda: unmask_slice(plan.to_bytes(), masked_sum, 0, 1000),
+        lambda: progress.clients[1].unmask(progress.survivor_set),
+        lambda: progress.clients[1].sign_survivors(proof),
+        lambda: progress.clients[1].share_keys(broadcast.to_bytes()),
+        lambda: progress.config.participant(True),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidInput):
+            call()
+
+
+def test_the_benchmark_checks_its_own_sums() -> None:
+    from benchmarks.secagg import measure
+
+    row = measure(6, 3000, 0.2, graph=True)  # raises SystemExit if a sum came out wrong
+    assert row.graph == "k=4"
+    assert row.client_streams == 5  # its self mask and its 4 neighbours
+    assert row.server_streams == 9  # 5 survivors' self masks + the dropped one's 4 pairs
