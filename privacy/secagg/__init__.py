@@ -29,7 +29,6 @@ from privacy.secagg.encoding import (
     FloatSegment,
     IntSegment,
     Segment,
-    max_sum_error,
 )
 from privacy.secagg.errors import (
     BadSignature,
@@ -113,7 +112,6 @@ __all__ = [
     "close_advertise",
     "close_consistency",
     "close_masked_input",
-    "max_sum_error",
     "plan_unmask",
     "recommended_degree",
     "ring_dtype",

@@ -16,7 +16,8 @@ M = min(floor((2^(k-1) - 1) / n), 2^53), and each int segment must satisfy
 n·max_abs <= 2^(k-1) - 1, so the sum of up to n inputs never wraps and decodes exactly.
 (2^53 bounds M because float64 holds integers exactly only up to there; with k = 64 that
 is finer than the float inputs anyway.) A decoded float sum is within n/scale of the true
-sum of the clipped inputs coordinate-wise, with zero mean error.
+sum of the clipped inputs coordinate-wise, plus float64 rounding (`max_sum_error`), with zero
+mean error.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from privacy.secagg.errors import InvalidInput
 from privacy.secagg.ring import RingVector, check_ring_vector, ring_dtype
 
 FLOAT_EXACT_INT: Final = 2**53  # largest M such that every integer in [-M, M] is a float64
+# Relative float64 rounding allowed per input in max_sum_error: a few units in the last place
+# (2^-52) for scaling, decoding and the caller's own float sum.
+FLOAT64_SLACK: Final = 2.0**-50
 MAX_CLIP: Final = 1e12
 MAX_SEGMENT_NAME: Final = 128
 
@@ -148,12 +152,26 @@ class FixedPointCodec:
 
     def resolution(self, name: str) -> float:
         """Value of one integer unit of float segment `name` (the rounding step)."""
-        segment = self._segment(name)
+        segment = self.segment(name)
         if not isinstance(segment, FloatSegment):
             raise InvalidInput(f"segment '{name}' holds integers (resolution 1)")
         return 1.0 / self.scale(segment)
 
-    def _segment(self, name: str) -> Segment:
+    def max_sum_error(self, name: str, participants: int) -> float:
+        """Worst-case |decoded - exact| per coordinate of float segment `name`'s sum of
+        `participants` inputs.
+
+        Each input contributes less than one rounding step, plus float64 rounding of the
+        scaling and decoding (FLOAT64_SLACK·clip per input, which only matters with k = 64,
+        where the step is about as fine as float64 itself).
+        """
+        segment = self.segment(name)
+        if not isinstance(segment, FloatSegment):
+            raise InvalidInput(f"segment '{name}' holds integers: its sums are exact")
+        return participants * (self.resolution(name) + FLOAT64_SLACK * segment.clip)
+
+    def segment(self, name: str) -> Segment:
+        """The segment called `name`."""
         for segment in self.segments:
             if segment.name == name:
                 return segment
@@ -243,8 +261,3 @@ class FixedPointCodec:
             else:
                 result[segment.name] = part.copy()
         return DecodedSum(result)
-
-
-def max_sum_error(codec: FixedPointCodec, name: str, participants: int) -> float:
-    """Worst-case |decoded - exact| per coordinate of a float segment's sum of `participants`."""
-    return participants * codec.resolution(name)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from privacy.secagg import FixedPointCodec, FloatSegment, ThresholdNotMet, max_sum_error
+from privacy.secagg import FixedPointCodec, FloatSegment, ThresholdNotMet
 
 from .roundsim import (
     STAGES,
@@ -143,4 +143,4 @@ def test_decoded_aggregate_is_the_sum_of_the_survivors_updates(bits: int) -> Non
     assert survivors == tuple(pid for pid in range(1, n + 1) if pid not in {3, 5, 11})
     decoded = codec.decode_sum(outcome.total)["encoder"]
     plain = sum(updates[pid] for pid in survivors)
-    assert np.max(np.abs(decoded - plain)) <= max_sum_error(codec, "encoder", len(survivors))
+    assert np.max(np.abs(decoded - plain)) <= codec.max_sum_error("encoder", len(survivors))
