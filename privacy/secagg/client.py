@@ -267,7 +267,7 @@ class ClientRound:
         state, config, me = self._state, self.config, self._state.me
         assert state.broadcast is not None
         expected = sorted(
-            peer for peer in share_senders if peer != me and me in config.holders(peer)
+            peer for peer in share_senders if peer != me and config.is_holder(me, peer)
         )
         received = [share.sender for share in bundle.shares]
         if received != expected:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from privacy.secagg.config import MAX_PARTICIPANTS, RoundConfig
-from privacy.secagg.errors import MalformedMessage
+from privacy.secagg.errors import InvalidShare, MalformedMessage
 from privacy.secagg.keys import PRIVATE_KEY_SIZE, SEED_SIZE
 from privacy.secagg.messages import KeyBroadcast, ShareKeysMessage
 from privacy.secagg.shamir import SHARE_SIZE, share_from_bytes, share_to_bytes
@@ -82,6 +82,13 @@ class ClientState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ClientState:
+        try:
+            return cls._read(data)
+        except InvalidShare as exc:  # a share value outside the field: a damaged blob
+            raise MalformedMessage("client state: a held share is not a field element") from exc
+
+    @classmethod
+    def _read(cls, data: bytes) -> ClientState:
         reader = Reader(data, _TAG, "client state")
         config = RoundConfig.from_bytes(reader.blob("config"))
         me = reader.u32("me")

@@ -155,21 +155,38 @@ class RoundConfig:
         return found
 
     @cached_property
+    def everyone(self) -> frozenset[int]:
+        return frozenset(self.ids)
+
+    @cached_property
     def adjacency(self) -> dict[int, frozenset[int]]:
-        """Every participant's neighbours (everyone else without a graph)."""
+        """The neighbour graph: each participant's neighbours (empty without a graph,
+        where everyone pairs with everyone; use `neighbours`, which covers both)."""
         if self.graph is None:
-            everyone = frozenset(self.ids)
-            return {pid: everyone - {pid} for pid in self.ids}
+            return {}
         return graph.neighbours(self.ids, self.graph.seed, self.graph.degree)
+
+    @cached_property
+    def _graph_holders(self) -> dict[int, frozenset[int]]:
+        return {pid: around | {pid} for pid, around in self.adjacency.items()}
 
     def neighbours(self, pid: int) -> frozenset[int]:
         """Who `pid` pairs with: everyone else, or its neighbours in the graph."""
         self.participant(pid)
+        if self.graph is None:
+            return self.everyone - {pid}
         return self.adjacency[pid]
 
     def holders(self, pid: int) -> frozenset[int]:
         """Who holds shares of `pid`'s secrets: itself and its neighbours."""
-        return self.neighbours(pid) | {pid}
+        self.participant(pid)
+        if self.graph is None:
+            return self.everyone
+        return self._graph_holders[pid]
+
+    def is_holder(self, holder: int, owner: int) -> bool:
+        """Whether `holder` holds shares of `owner`'s secrets (O(1), for inner loops)."""
+        return holder in self.holders(owner)
 
     @property
     def share_threshold(self) -> int:

@@ -154,7 +154,7 @@ def check_unmask_response(
         )
     require_subset([response.sender], proof.signers, "unmask response")
     alive = set(proof.survivors)
-    held = [w for w in share_senders if response.sender in config.holders(w)]
+    held = [w for w in share_senders if config.is_holder(response.sender, w)]
     want_seeds = sorted(w for w in held if w in alive)
     want_keys = sorted(w for w in held if w not in alive)
     got_seeds = [s.owner for s in response.self_seed_shares]
