@@ -28,5 +28,3 @@ MASK_KEY: Final = b"fmtl/secagg/v1/mask-key"
 SELF_SEED_COMMITMENT: Final = b"fmtl/secagg/v1/self-seed-commitment"
 # SHA-256 ordering key of the SecAgg+ neighbour graph.
 GRAPH_ORDER: Final = b"fmtl/secagg/v1/neighbour-graph"
-# SHA-256 digest of an encoded input, remembered so a client never masks two inputs alike.
-INPUT_DIGEST: Final = b"fmtl/secagg/v1/input-digest"

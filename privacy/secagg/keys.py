@@ -70,7 +70,9 @@ class IdentityPublicKey:
     def verify(self, signature: bytes, message: bytes, *, participant: int, what: str) -> None:
         """Raise `BadSignature` unless `signature` is this key's signature of `message`."""
         if not isinstance(signature, bytes) or len(signature) != SIGNATURE_SIZE:
-            raise BadSignature(f"{what} of participant {participant} is not a signature")
+            raise BadSignature(
+                f"{what} of participant {participant} is not a signature", participant=participant
+            )
         try:
             self._key.verify(signature, message)
         except InvalidSignature as exc:

@@ -100,3 +100,13 @@ def test_add_masked_wraps_and_checks_its_arguments() -> None:
     frozen.flags.writeable = False
     with pytest.raises(InvalidInput, match="writeable"):
         add_masked(frozen, np.zeros(2, dtype=np.uint32))
+
+
+def test_domain_labels_are_distinct_and_prefix_free() -> None:
+    from privacy.secagg import domains
+
+    labels = [v for k, v in vars(domains).items() if k.isupper() and isinstance(v, bytes)]
+    assert len(labels) >= 9
+    for a in labels:
+        for b in labels:
+            assert a == b or not b.startswith(a), (a, b)
