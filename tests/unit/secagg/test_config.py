@@ -1,0 +1,159 @@
+"""Round configuration and the neighbour graph: validated, canonical, agreed by everyone."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from privacy.secagg import (
+    IdentityKey,
+    InvalidInput,
+    MalformedMessage,
+    NeighbourGraph,
+    Participant,
+    ProtocolViolation,
+    RoundConfig,
+    RoundContext,
+    recommended_degree,
+)
+from privacy.secagg.graph import neighbours
+
+KEYS = [IdentityKey.generate().public_key() for _ in range(12)]
+SEED = bytes(range(32))
+
+
+def _participants(n: int) -> tuple[Participant, ...]:
+    return tuple(Participant(i, f"p{i}", KEYS[i - 1]) for i in range(1, n + 1))
+
+
+def _config(**changes) -> RoundConfig:
+    values = {
+        "context": RoundContext("fed", 3),
+        "participants": _participants(10),
+        "threshold": 7,
+        "vector_length": 100,
+        "bits": 32,
+        "graph": NeighbourGraph(SEED, 4, 3),
+    }
+    values.update(changes)
+    return RoundConfig(**values)
+
+
+def test_config_round_trips_through_canonical_bytes() -> None:
+    config = _config()
+    again = RoundConfig.from_bytes(config.to_bytes())
+    assert again == config
+    assert again.to_bytes() == config.to_bytes()
+    assert again.digest == config.digest
+    shuffled = _config(participants=tuple(reversed(_participants(10))))
+    assert shuffled.to_bytes() == config.to_bytes()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"context": RoundContext("fed", 4)},
+        {"context": RoundContext("other", 3)},
+        {"threshold": 8},
+        {"vector_length": 101},
+        {"bits": 64},
+        {"graph": None},
+        {"graph": NeighbourGraph(SEED, 4, 4)},
+        {"participants": _participants(9)},
+    ],
+)
+def test_every_field_changes_the_round_id(change) -> None:
+    assert _config(**change).digest != _config().digest
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"threshold": 5}, "n/2 < t <= n"),
+        ({"threshold": 11}, "n/2 < t <= n"),
+        ({"threshold": True}, "n/2 < t <= n"),
+        ({"vector_length": 0}, "vector length"),
+        ({"bits": 16}, "bits"),
+        ({"participants": _participants(1)}, "2 to"),
+        ({"participants": (*_participants(3), Participant(3, "again", KEYS[5]))}, "distinct"),
+        ({"graph": NeighbourGraph(SEED, 10, 6)}, "n-2 = 8"),
+        ({"graph": NeighbourGraph(SEED, 5, 4)}, "even"),
+        ({"context": "fed-3"}, "RoundContext"),
+    ],
+)
+def test_invalid_configs_are_refused(change, message) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        _config(**change)
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (lambda: NeighbourGraph(SEED, 4, 2), r"> \(degree \+ 1\) / 2"),
+        (lambda: NeighbourGraph(SEED, 4, 6), "<= degree"),
+        (lambda: NeighbourGraph(b"short", 4, 3), "32 bytes"),
+        (lambda: Participant(0, "zero", KEYS[0]), r"\[1, 2\^32\)"),
+        (lambda: Participant(1, "", KEYS[0]), "name"),
+        (lambda: RoundContext("", 1), "federation"),
+        (lambda: RoundContext("fed", -1), "round number"),
+    ],
+)
+def test_invalid_parts_are_refused(factory, message) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        factory()
+
+
+def test_unknown_participant_is_a_protocol_violation() -> None:
+    with pytest.raises(ProtocolViolation) as caught:
+        _config().neighbours(42)
+    assert caught.value.participant == 42
+
+
+def test_non_canonical_or_damaged_config_bytes_are_malformed() -> None:
+    raw = _config().to_bytes()
+    for damaged in (raw[:-1], raw + b"\x00", b"XXXX" + raw[4:], raw[:4] + b"\x02" + raw[5:]):
+        with pytest.raises(MalformedMessage):
+            RoundConfig.from_bytes(damaged)
+
+
+@pytest.mark.parametrize("n", [5, 10, 37, 100])
+def test_neighbour_graph_is_regular_symmetric_and_connected(n: int) -> None:
+    ids = list(range(1, n + 1))
+    degree = min(recommended_degree(n) or 2, n - 2) // 2 * 2
+    graph = neighbours(ids, SEED, degree)
+    for pid, around in graph.items():
+        assert len(around) == degree
+        assert pid not in around
+        assert all(pid in graph[other] for other in around)
+    reached, todo = set(), [1]
+    while todo:
+        node = todo.pop()
+        if node not in reached:
+            reached.add(node)
+            todo.extend(graph[node])
+    assert reached == set(ids)
+
+
+def test_neighbour_graph_is_fixed_by_its_public_seed() -> None:
+    ids = list(range(1, 41))
+    assert neighbours(ids, SEED, 6) == neighbours(list(reversed(ids)), SEED, 6)
+    assert neighbours(ids, SEED, 6) != neighbours(ids, bytes(32), 6)
+
+
+def test_recommended_degree_grows_like_log_n() -> None:
+    assert recommended_degree(4) == 0  # too small for a graph: use everyone
+    assert recommended_degree(50) == 18
+    assert recommended_degree(1000) == 30
+    assert recommended_degree(100_000) == 50
+
+
+def test_config_holders_follow_the_graph() -> None:
+    config = _config()
+    assert config.share_threshold == 3
+    for pid in config.ids:
+        assert config.holders(pid) == config.neighbours(pid) | {pid}
+        assert len(config.neighbours(pid)) == 4
+    full = dataclasses.replace(config, graph=None)
+    assert full.share_threshold == 7
+    assert full.neighbours(1) == frozenset(range(2, 11))
