@@ -251,6 +251,17 @@ class FederationSpec(_Spec):
             seen.add(task.name)
         return tasks
 
+    @model_validator(mode="after")
+    def _samples_weighting_needs_64_bits(self) -> FederationSpec:
+        # Sample counts up to 10^6 multiply each update; 32-bit fixed point has no room left
+        # for precision after that (federation.aggregation.update_clip).
+        if (
+            self.aggregation.counter_weighting is CounterWeighting.SAMPLES
+            and self.secagg.bits != 64
+        ):
+            raise ValueError("aggregation.counter_weighting 'samples' needs secagg.bits = 64")
+        return self
+
     def task(self, name: str) -> TaskSpec:
         for task in self.tasks:
             if task.name == name:

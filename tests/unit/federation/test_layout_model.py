@@ -1,0 +1,164 @@
+"""The layout both sides derive from a spec, the model built on it, and the aggregation math."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from federation.aggregation import ServerState, apply_sums, local_contribution
+from federation.errors import AggregationError, LayoutMismatch
+from federation.layout import ParameterLayout, SegmentKind
+from federation.model import build_model, load_model_vector, model_vector
+from federation.spec import FederationSpec
+
+
+def make_spec(**aggregation: object) -> FederationSpec:
+    return FederationSpec.model_validate(
+        {
+            "name": "demo",
+            "tasks": [
+                {"name": "disease", "kind": "binary"},
+                {"name": "severity", "kind": "multiclass", "n_classes": 5},
+                {"name": "max_hr", "kind": "regression"},
+            ],
+            "model": {"encoder": {"kind": "mlp", "input_dim": 7, "hidden": [8, 4]}, "head": {"hidden": [3]}},
+            "aggregation": aggregation,
+        }
+    )
+
+
+def test_model_layout_matches_the_torch_model_parameter_for_parameter() -> None:
+    spec = make_spec()
+    model = build_model(spec)
+    layout = ParameterLayout.model(spec)
+    assert layout.length == sum(p.numel() for p in model.parameters())
+    assert [s.name for s in layout.segments] == [
+        "encoder",
+        "head.disease",
+        "head.severity",
+        "head.max_hr",
+    ]
+
+
+def test_initial_weights_are_deterministic_from_the_seed_whatever_the_global_rng() -> None:
+    spec = make_spec()
+    layout = ParameterLayout.model(spec)
+    torch.manual_seed(1)
+    first = model_vector(build_model(spec), layout)
+    torch.manual_seed(2)
+    second = model_vector(build_model(spec), layout)
+    other = model_vector(
+        build_model(
+            spec.model_copy(update={"model": spec.model.model_copy(update={"init_seed": 5})})
+        ),
+        layout,
+    )
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, other)
+
+
+def test_vector_round_trips_through_the_model() -> None:
+    spec = make_spec()
+    layout = ParameterLayout.model(spec)
+    model = build_model(spec)
+    vector = np.random.default_rng(0).normal(size=layout.length)
+    load_model_vector(model, layout, vector, fingerprint=layout.fingerprint)
+    np.testing.assert_allclose(model_vector(model, layout), vector, rtol=1e-6)
+
+
+def test_a_model_refuses_a_vector_of_another_layout() -> None:
+    spec = make_spec()
+    other = spec.model_copy(
+        update={
+            "model": spec.model.model_copy(
+                update={"head": spec.model.head.model_copy(update={"hidden": (2,)})}
+            )
+        }
+    )
+    layout, other_layout = ParameterLayout.model(spec), ParameterLayout.model(other)
+    assert layout.fingerprint != other_layout.fingerprint
+    model = build_model(spec)
+    with pytest.raises(LayoutMismatch, match="layout"):
+        load_model_vector(model, layout, layout.zeros(), fingerprint=other_layout.fingerprint)
+    with pytest.raises(LayoutMismatch, match="shape"):
+        load_model_vector(model, layout, other_layout.zeros())
+    bad = layout.zeros()
+    bad[3] = np.nan
+    with pytest.raises(LayoutMismatch, match="NaN"):
+        load_model_vector(model, layout, bad)
+
+
+def test_update_layout_has_a_counter_per_aggregated_part() -> None:
+    spec = make_spec()
+    update = ParameterLayout.update(spec)
+    assert [s.name for s in update.counter_segments] == [
+        "count.encoder",
+        "count.disease",
+        "count.severity",
+        "count.max_hr",
+    ]
+    assert all(s.kind is SegmentKind.COUNTER and s.bound == 1 for s in update.counter_segments)
+    personal = ParameterLayout.update(make_spec(personalised_heads=True))
+    assert [s.name for s in personal.segments] == ["encoder", "count.encoder"]
+
+
+def test_heads_average_only_over_institutions_holding_the_task() -> None:
+    spec = make_spec()
+    model_layout = ParameterLayout.model(spec)
+    rng = np.random.default_rng(1)
+    start = rng.normal(size=model_layout.length) * 0.1
+    a_local = start + 0.01
+    b_local = start - 0.03
+    a = local_contribution(spec, start, a_local, train_samples=10, labelled={"disease": 5})
+    b = local_contribution(
+        spec, start, b_local, train_samples=10, labelled={"disease": 5, "severity": 4}
+    )
+    sums = {name: a.segments[name] + b.segments[name] for name in a.segments}
+    new, _, report = apply_sums(spec, start, sums)
+    parts = model_layout.split(new)
+    base = model_layout.split(start)
+    np.testing.assert_allclose(parts["encoder"], base["encoder"] - 0.01)
+    np.testing.assert_allclose(parts["head.disease"], base["head.disease"] - 0.01)
+    np.testing.assert_allclose(parts["head.severity"], base["head.severity"] - 0.03)
+    np.testing.assert_array_equal(parts["head.max_hr"], base["head.max_hr"])  # nobody holds it
+    assert report.weights["head.max_hr"] == 0
+
+
+def test_fedadam_moves_only_trained_parts_and_keeps_state() -> None:
+    spec = make_spec(strategy="fedadam", server_lr=0.01)
+    layout = ParameterLayout.model(spec)
+    start = layout.zeros()
+    c = local_contribution(spec, start, start + 0.5, train_samples=3, labelled={"disease": 3})
+    new, state, _ = apply_sums(spec, start, c.segments, ServerState())
+    parts = layout.split(new)
+    assert np.all(parts["head.disease"] > 0)
+    assert np.all(parts["head.severity"] == 0)
+    restored = ServerState.from_bytes(state.to_bytes(), layout.length)
+    assert restored.m is not None
+    assert state.m is not None
+    np.testing.assert_array_equal(restored.m, state.m)
+
+
+def test_bad_sums_are_refused() -> None:
+    spec = make_spec()
+    layout = ParameterLayout.model(spec)
+    c = local_contribution(spec, layout.zeros(), layout.zeros(), train_samples=1, labelled={})
+    sums = dict(c.segments)
+    del sums["count.disease"]
+    with pytest.raises(AggregationError, match="segments"):
+        apply_sums(spec, layout.zeros(), sums)
+    sums = dict(c.segments)
+    sums["count.encoder"] = np.array([-1])
+    with pytest.raises(AggregationError, match="negative"):
+        apply_sums(spec, layout.zeros(), sums)
+
+
+def test_contribution_clips_and_counts_what_it_clipped() -> None:
+    spec = make_spec()
+    layout = ParameterLayout.model(spec)
+    local = layout.zeros()
+    local[0] = 5.0  # beyond clip_range = 1.0
+    c = local_contribution(spec, layout.zeros(), local, train_samples=1, labelled={})
+    assert c.clipped == 1
+    assert c.segments["encoder"][0] == pytest.approx(1.0)
