@@ -27,6 +27,12 @@ _PARTS: tuple[tuple[str, str, str, str], ...] = (
         "coordinator",
         "Run the coordinator: API server, workers, scheduler, migrations, bootstrap.",
     ),
+    (
+        "agent",
+        "agent.cli:app",
+        "agent",
+        "Run an institution's agent: enroll, run the daemon, check, status.",
+    ),
 )
 _OURS = frozenset({"fmtl", "federation", "privacy", "coordinator", "agent"})
 
