@@ -129,7 +129,10 @@ def enroll(
     config_file: ConfigOption = Path("agent.toml"),
     coordinator: Annotated[
         str | None,
-        typer.Option(help="The coordinator's URL (default: the url in the coordinator section of agent.toml)."),
+        typer.Option(
+            help="The coordinator's URL (default: the url in the coordinator section of "
+            "agent.toml)."
+        ),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing identity and enrollment.")
@@ -221,10 +224,9 @@ def run(
 
 
 def _status_document(config: AgentConfig) -> dict[str, Any]:
-    from privacy.dp.accountant import epsilon_for
-
     from agent.enrollment import NotEnrolled, coordinator_url, load_enrollment
     from agent.ledger import Ledger, RoundStatus
+    from privacy.dp.accountant import epsilon_for
 
     document: dict[str, Any] = {"config": str(config.source), "state_dir": str(config.state_dir)}
     try:
