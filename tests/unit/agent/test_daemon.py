@@ -12,7 +12,7 @@ import pytest
 
 from agent.config import AgentConfig
 from agent.coordinator_client import CoordinatorUnreachable, Rejected
-from agent.daemon import EXIT_FAILURE, EXIT_OK, Backoff, Daemon, Shutdown
+from agent.daemon import EXIT_FAILURE, EXIT_OK, Backoff, Daemon, NotAccepted, Shutdown
 from agent.ledger import Ledger, RoundStatus
 from agent.round_participant import Outcome, StepResult
 from agent.round_state import InMemoryRoundStateStore
@@ -107,9 +107,17 @@ def test_network_errors_back_off_then_rounds_count_to_max_rounds(
 def test_an_agent_the_coordinator_no_longer_accepts_exits_1(
     config: AgentConfig, tmp_path: Path
 ) -> None:
-    script: list[object] = [Rejected(401, {"detail": "unknown key"})]
-    daemon, _, ledger = _daemon(config, script, tmp_path)
+    refused = NotAccepted(401, {"detail": "unknown key"})
+    script: list[object] = [
+        Rejected(401, {"detail": "a message was refused"}),  # one message: go on
+        StepResult(Outcome.IDLE),
+        refused,
+        refused,
+        refused,
+    ]
+    daemon, waits, ledger = _daemon(config, script, tmp_path)
     assert daemon.run() == EXIT_FAILURE
+    assert len(waits) == 4
     ledger.close()
 
 
