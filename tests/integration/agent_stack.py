@@ -118,7 +118,9 @@ class Stack:
 def agent_env(**extra: str) -> dict[str, str]:
     """The environment of an agent process: none of the coordinator's FMTL_* settings."""
     base = {key: value for key, value in os.environ.items() if not key.startswith("FMTL_")}
-    return {**base, **extra}
+    # Four agents share this machine's cores: one thread each trains these small models
+    # fastest (no oversubscription).
+    return {**base, "OMP_NUM_THREADS": "1", **extra}
 
 
 @dataclass
