@@ -156,7 +156,7 @@ def test_rounds_complete_and_the_global_model_improves(
     rounds = 3
     document = stack.create_federation("heart", stage_timeout_s=LONG_STAGE_S)
     spec = _spec(document)
-    enroll_all(stack, "heart", hospitals)
+    enroll_all(stack, "heart", hospitals, cli=True)
     start_all(hospitals, "--max-rounds", str(rounds))
     for number in range(1, rounds + 1):
         assert stack.start_round("heart") == number
