@@ -131,6 +131,10 @@ class Hospital:
     folder: Path
     coordinator_url: str
     epsilon: float = 30.0
+    #: The identity key's passphrase (FMTL_AGENT_KEY_PASSPHRASE), if any.
+    passphrase: str | None = None
+    #: Make the key beforehand (as for a Kubernetes secret) and `enroll --existing-key`.
+    existing_key: bool = False
     process: subprocess.Popen[bytes] | None = None
     runs: int = 0
     logs: list[Path] = field(default_factory=list)
@@ -172,9 +176,20 @@ shutdown_grace_s = 5
 """
         )
 
+    def env(self) -> dict[str, str]:
+        extra = {"FMTL_AGENT_KEY_PASSPHRASE": self.passphrase} if self.passphrase else {}
+        return agent_env(**extra)
+
     def enroll(self, token: str) -> subprocess.Popen[str]:
         """`fmtl agent enroll` (started; `.communicate()` it)."""
         self.write_config()
+        args = []
+        if self.existing_key:
+            from agent.identity import generate_identity, save_identity
+
+            passphrase = self.passphrase.encode() if self.passphrase else None
+            save_identity(self.folder / "state" / "identity.key", generate_identity(), passphrase)
+            args.append("--existing-key")
         return subprocess.Popen(
             [
                 sys.executable,
@@ -186,8 +201,9 @@ shutdown_grace_s = 5
                 str(self.config),
                 "--token",
                 token,
+                *args,
             ],
-            env=agent_env(),
+            env=self.env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -213,7 +229,7 @@ shutdown_grace_s = 5
                     "--no-progress",
                     *args,
                 ],
-                env=agent_env(),
+                env=self.env(),
                 stdout=sink,
                 stderr=subprocess.STDOUT,
             )
