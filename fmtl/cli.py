@@ -27,6 +27,8 @@ _PARTS: tuple[tuple[str, str, str, str], ...] = (
         "coordinator",
         "Run the coordinator: API server, workers, scheduler, migrations, bootstrap.",
     ),
+    ("admin", "fmtl.admin:app", "agent", "Drive a coordinator's API as an admin."),
+    ("demo", "fmtl.demo:app", "all", "Run four hospitals' federation end to end on this machine."),
 )
 _OURS = frozenset({"fmtl", "federation", "privacy", "coordinator", "agent"})
 
