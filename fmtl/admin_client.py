@@ -180,19 +180,17 @@ class AdminClient:
         token: str,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
-        transport: httpx.BaseTransport | None = None,
+        http: httpx.Client | None = None,
     ) -> None:
+        """`http`: an existing client to send through (e.g. a test client of the app)."""
         if not token:
             raise AdminError(
                 "no admin token: set FMTL_ADMIN_TOKEN (see `fmtl coordinator create-token`)"
             )
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            headers={"Authorization": f"Bearer {token}", "User-Agent": "fmtl-admin"},
-            timeout=timeout_s,
-            transport=transport,
-        )
+        self._headers = {"Authorization": f"Bearer {token}", "User-Agent": "fmtl-admin"}
+        self._owned = http is None
+        self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout_s)
 
     def __enter__(self) -> AdminClient:
         return self
@@ -206,13 +204,14 @@ class AdminClient:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        if self._owned:
+            self._http.close()
 
     # --- transport ------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, path, **kwargs)
+            response = self._http.request(method, path, headers=self._headers, **kwargs)
         except httpx.TimeoutException:
             raise AdminError(f"the coordinator at {self.base_url} did not answer in time") from None
         except httpx.HTTPError as exc:
