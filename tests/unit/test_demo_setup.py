@@ -122,7 +122,7 @@ def test_cli_refuses_a_run_folder_that_is_not_empty(tmp_path: Path) -> None:
 
 
 def test_example_folder_without_a_spec_is_named(tmp_path: Path) -> None:
-    with pytest.raises(DemoError, match="has no federation.json"):
+    with pytest.raises(DemoError, match=r"has no federation\.json"):
         locate_example(tmp_path)
 
 
