@@ -87,6 +87,7 @@ class RoundInfo(_Out):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     failure_reason: str | None = None
+    vector_length: int | None = None
     stages: list[StageInfo] = []
     participant_list: list[ParticipantInfo] = []
 
