@@ -103,6 +103,7 @@ def unmask_one_slice(runtime: Runtime, round_id: int, index: int) -> list[Follow
         uploads = engine.uploaders(session, round_)
         keys = [uploads[pid].blob_key for pid in plan.survivors]
         key = _slice_blob_key(federation, round_, index)
+        subject = f"round:{federation.name}/{round_.number}"
     dtype = ring_dtype(plan.bits)
     total = np.zeros(stop - start, dtype=dtype)
     first, last = masked_slice_range(start, stop, plan.bits)
@@ -131,7 +132,7 @@ def unmask_one_slice(runtime: Runtime, round_id: int, index: int) -> list[Follow
                 session,
                 audit.SYSTEM,
                 AuditAction.ROUND_SLICE_UNMASKED,
-                f"round:{federation.name}/{locked.number}",
+                subject,
                 {"slice": index, "start": start, "stop": stop, "sha256": ref.sha256},
             )
         pending = session.scalar(
