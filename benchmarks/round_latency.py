@@ -46,15 +46,15 @@ if __package__ in (None, ""):  # run by path: make the repository root importabl
 
 import httpx
 import numpy as np
-from agent.coordinator_client import ClientError, CoordinatorClient
-from agent.round_participant import Decision, LocalResult, RoundParticipant
-from agent.round_state import InMemoryRoundStateStore
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from numpy.typing import NDArray
 from rich.console import Console
 from rich.table import Table
 
+from agent.coordinator_client import ClientError, CoordinatorClient
 from agent.http_signing import enrollment_proof
+from agent.round_participant import Decision, LocalResult, RoundParticipant
+from agent.round_state import InMemoryRoundStateStore
 from federation.aggregation import local_contribution
 from federation.round_api import RoundAssignment
 from federation.spec import FederationSpec
