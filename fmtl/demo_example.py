@@ -174,10 +174,17 @@ def agent_config(
     accountant: str,
     seed: int,
     poll_interval_s: float,
+    split_seed: int | None = None,
 ) -> str:
-    """The agent.toml of one hospital: its data mapping, its own budget, its state folder."""
+    """The agent.toml of one hospital: its data mapping, its own budget, its state folder.
+
+    `seed` seeds the agent's training (data order, initialisation); `split_seed`, when
+    given, replaces the mapping's seed of its train/validation split.
+    """
     data = dict(hospital.mapping)
     data["path"] = str((hospital.mapping_file.parent / str(data["path"])).resolve())
+    if split_seed is not None:
+        data["split_seed"] = split_seed
     document: dict[str, Mapping[str, object]] = {
         "coordinator": {"url": coordinator_url},
         "state": {"dir": str(state_dir)},

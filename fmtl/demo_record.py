@@ -51,6 +51,8 @@ class DemoRecord(BaseModel):
     ledger: list[LedgerEntry] = Field(default_factory=list)
     events: list[DemoEvent] = Field(default_factory=list)
     audit: AuditVerification | None = None
+    #: The model version saved as `final_model.f32` in the run folder.
+    final_model_version: int | None = None
 
     @property
     def wall_s(self) -> float | None:

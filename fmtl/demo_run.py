@@ -85,6 +85,8 @@ READY_TIMEOUT_S: Final = 120.0
 #: The longest a round may take: every stage at its deadline, plus aggregation.
 ROUND_DEADLINE_STAGES: Final = 8
 EMBEDDED_STACK: Final = "embedded (SQLite, in-process worker)"
+#: The last model version's parameters (model layout, little-endian float32).
+FINAL_MODEL_FILE: Final = "final_model.f32"
 
 
 @dataclass(frozen=True)
@@ -411,7 +413,7 @@ class DemoRun:
     def _enroll(self, example: Example, tokens: dict[str, str]) -> None:
         exp = example.spec.get("dp", {})
         processes = []
-        for hospital in example.hospitals:
+        for index, hospital in enumerate(example.hospitals):
             folder = self.run_dir / "agents" / hospital.name
             folder.mkdir(parents=True, exist_ok=True)
             config = folder / "agent.toml"
@@ -423,7 +425,8 @@ class DemoRun:
                     epsilon=self.options.epsilon,
                     delta=float(exp.get("delta", 1e-5)),
                     accountant=str(exp.get("accountant", "rdp")),
-                    seed=self.options.seed,
+                    seed=agent_seed(self.options.seed, index),
+                    split_seed=self.options.seed,
                     poll_interval_s=0.5,
                 ),
                 encoding="utf-8",
@@ -594,6 +597,12 @@ class DemoRun:
             self.record.audit = admin.audit_verify()
         except AdminError as exc:
             self._event(None, f"audit verification failed: {exc}")
+        versions = admin.models(self.federation)
+        if versions:
+            latest = max(item.version for item in versions)
+            vector = admin.model_vector(self.federation, latest)
+            (self.run_dir / FINAL_MODEL_FILE).write_bytes(vector)
+            self.record.final_model_version = latest
         self.record.finished_at = datetime.now(UTC)
         self.record.save(self.run_dir / "record.json")
         completed = sum(1 for r in self.record.rounds if r.stage == "completed")
@@ -606,6 +615,12 @@ class DemoRun:
                 else "NOT verified"
             )
         )
+
+
+def agent_seed(seed: int, index: int) -> int:
+    """The training seed of the index-th hospital: the in-process benchmark's convention
+    (`benchmarks/heart_disease.py`), so the same --seed means the same runs there and here."""
+    return seed * 100 + index
 
 
 def _stage_index(stage: str) -> int:
