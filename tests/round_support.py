@@ -59,7 +59,7 @@ class FixedDeltaWork:
                 epsilon=0.5,
                 accountant="rdp",
             ),
-            n_validation={task: 20 for task in tasks},
+            n_validation=dict.fromkeys(tasks, 20),
             train_samples=self.train_samples,
         )
 

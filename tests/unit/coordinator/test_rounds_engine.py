@@ -82,9 +82,7 @@ def agents(session: Session, settings: Settings, federation: Federation) -> list
     ]
 
 
-def participant(
-    http: TestClient, agent: EnrolledAgent, work: FixedDeltaWork
-) -> RoundParticipant:
+def participant(http: TestClient, agent: EnrolledAgent, work: FixedDeltaWork) -> RoundParticipant:
     client = CoordinatorClient(
         "http://testserver",
         agent.private_key,
@@ -99,8 +97,7 @@ def works_for(federation: Federation, count: int) -> list[FixedDeltaWork]:
     spec = federation.spec
     deltas = small_deltas(spec, count)
     return [
-        FixedDeltaWork(spec, deltas[i], {task: 10 for task in TASKS_HELD[i % 3]})
-        for i in range(count)
+        FixedDeltaWork(spec, deltas[i], dict.fromkeys(TASKS_HELD[i % 3], 10)) for i in range(count)
     ]
 
 
@@ -186,8 +183,12 @@ def test_repeated_messages_are_answered_repeat_and_change_nothing(
 
 
 def test_a_dropout_after_sharing_keys_still_completes_with_the_others(
-    runtime: Runtime, session: Session, settings: Settings, federation: Federation,
-    http: TestClient, agents: list[EnrolledAgent],
+    runtime: Runtime,
+    session: Session,
+    settings: Settings,
+    federation: Federation,
+    http: TestClient,
+    agents: list[EnrolledAgent],
 ) -> None:
     agents.append(enroll_agent(session, settings, federation.name, "site_3", ("disease",)))
     works = works_for(federation, 4)
@@ -237,8 +238,12 @@ def test_a_round_below_threshold_fails_with_the_reason_recorded(
 
 
 def test_a_decline_drops_the_agent_at_once_and_the_round_goes_on(
-    runtime: Runtime, session: Session, settings: Settings, federation: Federation,
-    http: TestClient, agents: list[EnrolledAgent],
+    runtime: Runtime,
+    session: Session,
+    settings: Settings,
+    federation: Federation,
+    http: TestClient,
+    agents: list[EnrolledAgent],
 ) -> None:
     agents.append(enroll_agent(session, settings, federation.name, "site_3", ("disease",)))
     works = works_for(federation, 4)
@@ -268,4 +273,4 @@ def test_the_update_layout_fixes_the_masked_upload_size(federation: Federation) 
     layout = ParameterLayout.update(federation.spec)
     upload = MaskedInput(b"\x00" * 32, 1, np.zeros(layout.length, dtype=np.uint32)).to_bytes()
     assert len(upload) == masked_update_size(layout.length, 32)
-    assert MASKED_INPUT_HEADER_BYTES == len(upload) - 4 * layout.length
+    assert len(upload) - 4 * layout.length == MASKED_INPUT_HEADER_BYTES
