@@ -12,7 +12,7 @@
     [state]
     dir = "state"                       # enrollment profile, ledger, encrypted round state
 
-    [data]                              # agent.mapping.DataMapping
+    [data]                              # agent.mapping.DataMapping (or: mapping = "file.toml")
     path = "data/cleveland.csv"
     features = ["age", "sex", ...]
     labels = { disease = { column = "num", positive_above = 0 } }
@@ -53,7 +53,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, DataError
 from agent.mapping import DataMapping
 
 #: The environment variable holding the identity key's passphrase (never in agent.toml).
@@ -315,6 +315,29 @@ def parse_config(raw: object, *, source: str = "agent.toml") -> AgentConfig:
         raise ConfigError(f"{source}: {shown}{tail}") from None
 
 
+def _include_mapping(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`[data] mapping = "file.toml"`: the data mapping read from its own file."""
+    data = raw.get("data")
+    if not isinstance(data, dict) or "mapping" not in data:
+        return raw
+    if set(data) != {"mapping"}:
+        others = ", ".join(sorted(set(data) - {"mapping"}))
+        raise ConfigError(
+            f"{path}: data.mapping: give either `mapping = FILE` or the mapping itself "
+            f"(path, features, labels, ...), not both (also set: {others})"
+        )
+    if not isinstance(data["mapping"], str):
+        raise ConfigError(f"{path}: data.mapping: must be the path of a mapping TOML file")
+    file = Path(data["mapping"])
+    if not file.is_absolute():
+        file = path.resolve().parent / file
+    try:
+        mapping = DataMapping.from_toml(file)
+    except DataError as exc:
+        raise ConfigError(f"{path}: data.mapping: {exc}") from None
+    return {**raw, "data": mapping}
+
+
 def load_config(path: Path, *, environment: AgentEnvironment | None = None) -> AgentConfig:
     """Read agent.toml and the passphrase variable; relative paths resolve against its folder."""
     try:
@@ -333,6 +356,7 @@ def load_config(path: Path, *, environment: AgentEnvironment | None = None) -> A
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = _include_mapping(raw, path)
     config = parse_config(raw, source=str(path))
     env = environment if environment is not None else AgentEnvironment()
     config._source = path.resolve()

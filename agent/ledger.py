@@ -210,6 +210,24 @@ class Ledger:
                     f"{self.path}: written by a newer fmtl (schema {row[0]}); upgrade fmtl"
                 )
 
+    # --- settings the agent remembers -----------------------------------------------------
+
+    def remembered(self, key: str) -> dict[str, Any] | None:
+        """A JSON value the agent stored under `key` (e.g. its noise plan), or None."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"memo:{key}",)).fetchone()
+        if row is None:
+            return None
+        value = json.loads(row[0])
+        return value if isinstance(value, dict) else None
+
+    def remember(self, key: str, value: Mapping[str, Any]) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (f"memo:{key}", json.dumps(value, sort_keys=True, allow_nan=False)),
+            )
+
     # --- rounds --------------------------------------------------------------------------
 
     def round(self, federation: str, number: int) -> RoundEntry | None:
