@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmtl.admin_client import AuditVerification, LedgerEntry, ResultInfo, RoundInfo
 
+#: Counts reported beside the metrics (validation samples), not metrics to plot.
+NOT_METRICS = frozenset({"n"})
 #: The metric each task's learning curve leads with, by preference.
 PRIMARY_METRICS = ("auc", "accuracy", "mae", "rmse")
 
@@ -69,7 +71,11 @@ class DemoRecord(BaseModel):
 
     def metrics_of(self, task: str) -> list[str]:
         """The metrics recorded for a task, the primary one first."""
-        found = {item.metric for item in self.results if item.task == task}
+        found = {
+            item.metric
+            for item in self.results
+            if item.task == task and item.metric not in NOT_METRICS
+        }
         ordered = [m for m in PRIMARY_METRICS if m in found]
         return ordered + sorted(found - set(ordered))
 

@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
+from rich import box
 from rich.table import Table
 
 from fmtl.admin_client import (
@@ -23,6 +24,10 @@ from fmtl.admin_client import (
 #: Metrics where lower is better; the others (AUC, accuracy) are better higher.
 LOWER_IS_BETTER = frozenset({"mae", "rmse", "loss", "mse"})
 AVERAGE = "average"
+#: Not metrics: counts the agents report beside them (validation samples).
+NOT_METRICS = frozenset({"n"})
+#: What the per-round results table leaves out by default (the report shows it).
+TERMINAL_HIDDEN = frozenset({"loss"})
 
 
 def _when(value: datetime | None) -> str:
@@ -111,14 +116,22 @@ def _format(value: float | None) -> str:
 
 
 def results_table(
-    results: Iterable[ResultInfo], round_number: int, title: str | None = None
+    results: Iterable[ResultInfo],
+    round_number: int,
+    title: str | None = None,
+    *,
+    hide: frozenset[str] = TERMINAL_HIDDEN,
 ) -> Table:
     """Task x metric rows; one column per institution, then their sample-weighted average.
 
     Rows recorded federation-wide (institution = null) are shown as the average column when
     present; otherwise the average is computed here, weighted by validation samples.
     """
-    rows = [item for item in results if item.round == round_number]
+    rows = [
+        item
+        for item in results
+        if item.round == round_number and item.metric not in NOT_METRICS | hide
+    ]
     institutions = sorted({item.institution for item in rows if item.institution is not None})
     cells: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     weights: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
@@ -127,12 +140,17 @@ def results_table(
         who = AVERAGE if item.institution is None else item.institution
         cells[key][who] = item.value
         weights[key][who] = item.n_samples or 1
-    table = Table(title=title or f"Round {round_number}: task-wise results (validation)")
-    table.add_column("task")
-    table.add_column("metric")
+    table = Table(
+        title=title or f"Round {round_number}: task-wise results (validation)",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    table.add_column("task", no_wrap=True)
+    table.add_column("metric", no_wrap=True)
     for name in institutions:
-        table.add_column(name, justify="right")
-    table.add_column(AVERAGE, justify="right", style="bold")
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column(AVERAGE, justify="right", style="bold", no_wrap=True)
     for (task, metric), values in sorted(cells.items()):
         average = values.get(AVERAGE)
         if average is None:
@@ -159,19 +177,16 @@ def spend_table(entries: Sequence[LedgerEntry], round_number: int | None = None)
     for entry in sorted(entries, key=lambda e: e.round):
         if round_number is None or entry.round <= round_number:
             latest[entry.institution] = entry
-    table = Table(title="Privacy spend (ε, cumulative)")
-    for column in (
-        "institution",
-        "round",
-        "σ",
-        "q",
-        "steps",
-        "ε reported",
-        "ε recomputed",
-        "budget",
-        "check",
-    ):
-        table.add_column(column, justify="left" if column == "institution" else "right")
+    table = Table(
+        title="Privacy spend: cumulative ε as reported, and as the coordinator recomputed it",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    for column in ("institution", "round", "σ", "q", "steps", "ε", "ε check", "budget", ""):
+        table.add_column(
+            column, justify="left" if column == "institution" else "right", no_wrap=True
+        )
     for name, entry in sorted(latest.items()):
         table.add_row(
             name,
