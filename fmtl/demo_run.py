@@ -285,7 +285,16 @@ class DemoRun:
         for agent in self.agents.values():
             self._start_agent(agent)
         with AdminClient(self.url, self.token) as admin:
-            self._rounds(admin)
+            try:
+                self._rounds(admin)
+            except DemoError as exc:
+                # Keep what the coordinator recorded so far: the report shows the failure.
+                try:
+                    self._finish(admin)
+                    partial = write_report(self.record, self.run_dir / "report.html")
+                except (AdminError, OSError):
+                    raise exc from None
+                raise DemoError(f"{exc} (partial report: {partial})") from None
             self._finish(admin)
         report = write_report(self.record, self.run_dir / "report.html")
         say(f"[bold green]report:[/bold green] {report}")
@@ -478,8 +487,10 @@ class DemoRun:
         )
         with Progress(*columns, console=self.console, transient=True) as progress:
             overall = progress.add_task("rounds", total=options.rounds)
+            last = 0
             for _ in range(options.rounds):
-                started = self._start_round(admin)
+                started = self._start_round(admin, last)
+                last = started.number
                 number = started.number
                 drop = options.dropping_round == number
                 finished = self._follow(admin, number, progress, overall, drop)
@@ -493,16 +504,21 @@ class DemoRun:
                         f"are in {self.log_dir}"
                     )
 
-    def _start_round(self, admin: AdminClient) -> RoundInfo:
+    def _start_round(self, admin: AdminClient, after: int) -> RoundInfo:
+        """Start the round after round `after`; a 409 whose round did open is that round."""
         deadline = time.monotonic() + 30.0
         while True:
             self.children.check()
             try:
                 return admin.start_round(self.federation)
             except AdminError as exc:
-                # The previous round's last write may still be settling: retry briefly.
                 if exc.status != 409 or time.monotonic() > deadline:
                     raise DemoError(f"cannot start a round: {exc}") from None
+                # A conflict can mean the round opened anyway (the scheduler's tick selected
+                # its participants first): follow it rather than start another.
+                opened = [r for r in admin.rounds(self.federation) if r.number > after]
+                if opened:
+                    return opened[0]
             time.sleep(0.5)
 
     def _victim(self) -> _Agent:
