@@ -23,6 +23,7 @@ line naming its log. Ctrl-C (or SIGTERM) stops every child, agents first.
 
 from __future__ import annotations
 
+import re
 import secrets
 import signal
 import socket
@@ -85,6 +86,9 @@ READY_TIMEOUT_S: Final = 120.0
 #: The longest a round may take: every stage at its deadline, plus aggregation.
 ROUND_DEADLINE_STAGES: Final = 8
 EMBEDDED_STACK: Final = "embedded (SQLite, in-process worker)"
+#: The line an agent logs once it is ready to take part (`agent.daemon`, text log format).
+AGENT_STARTED: Final = re.compile(r"^\S+\s+info\s+started\b", re.MULTILINE)
+AGENT_START_WAIT_S: Final = 120.0
 #: The last model version's parameters (model layout, little-endian float32).
 FINAL_MODEL_FILE: Final = "final_model.f32"
 
@@ -284,6 +288,8 @@ class DemoRun:
         )
         for agent in self.agents.values():
             self._start_agent(agent)
+        with self.console.status("waiting for the agents to load their data..."):
+            self._wait_agents_started(list(self.agents.values()))
         with AdminClient(self.url, self.token) as admin:
             try:
                 self._rounds(admin)
@@ -474,6 +480,17 @@ class DemoRun:
             self._agent_env(),
         )
 
+    def _wait_agents_started(self, agents: list[_Agent]) -> None:
+        """Until each agent's log says it started (loaded its data, built its trainer), so
+        that round 1's first stage does not also time the agents' start-up. Gives up
+        quietly after a while: the round's deadlines still hold."""
+        deadline = time.monotonic() + AGENT_START_WAIT_S
+        waiting = list(agents)
+        while waiting and time.monotonic() < deadline:
+            self.children.check()
+            waiting = [a for a in waiting if not _has_started(a)]
+            time.sleep(0.2)
+
     # --- rounds -------------------------------------------------------------------------
 
     def _rounds(self, admin: AdminClient) -> None:
@@ -631,6 +648,16 @@ class DemoRun:
                 else "NOT verified"
             )
         )
+
+
+def _has_started(agent: _Agent) -> bool:
+    if agent.child is None:
+        return False
+    try:
+        text = agent.child.log.read_text(errors="replace")
+    except OSError:
+        return False
+    return AGENT_STARTED.search(text) is not None
 
 
 def agent_seed(seed: int, index: int) -> int:
