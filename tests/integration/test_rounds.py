@@ -28,8 +28,8 @@ from agent.round_participant import Outcome, RoundParticipant
 from agent.round_state import InMemoryRoundStateStore
 from coordinator.db import Database
 from coordinator.rounds.models import SliceState, UnmaskSlice
-from federation.layout import ParameterLayout
 from federation.spec import FederationSpec
+from privacy.secagg import MaskedInput, RoundConfig
 from tests.round_support import FixedDeltaWork, expected_model, small_deltas
 
 from .conftest import (
@@ -263,8 +263,8 @@ def test_a_dropout_after_share_keys_and_a_decline_leave_the_round_to_the_others(
 ) -> None:
     url = coordinator_server.url
     document = spec_document("dropout", stage_timeout_s=4.0)
-    federation = make_federation(coordinator_server, admin_token, document, 5)
-    federation.works[4].decline_reason = "budget"
+    federation = make_federation(coordinator_server, admin_token, document, 6)  # t = 4
+    federation.works[5].decline_reason = "budget"
     parts = participants(url, federation)
     number = start_round(url, federation)["number"]
     drive(
@@ -275,15 +275,15 @@ def test_a_dropout_after_share_keys_and_a_decline_leave_the_round_to_the_others(
         lambda r: r["stage"] == "masked_input",
         "the round to reach the masked input",
     )
-    # site_3 shared its keys, then goes silent: the stage closes at its deadline without it.
-    done = drive(url, federation, parts[:3], number, completed, "the round to complete")
+    # site_4 shared its keys, then goes silent: the stage closes at its deadline without it.
+    done = drive(url, federation, parts[:4], number, completed, "the round to complete")
     assert done["stage"] == "completed", done["failure_reason"]
     statuses = {
         p["secagg_id"]: (p["status"], p["dropped_at_stage"]) for p in done["participant_list"]
     }
-    assert statuses[4] == ("dropped", "masked_input")
-    assert statuses[5] == ("declined", "advertise_keys")
-    assert_aggregate(url, federation, federation.works[:3])
+    assert statuses[5] == ("dropped", "masked_input")
+    assert statuses[6] == ("declined", "advertise_keys")
+    assert_aggregate(url, federation, federation.works[:4])
 
 
 def test_a_round_below_threshold_fails_cleanly_with_its_reason(
@@ -312,28 +312,32 @@ def test_a_tampered_upload_is_rejected_and_changes_nothing(
     number = start_round(url, federation)["number"]
     drive(url, federation, parts, number, lambda r: r["stage"] == "masked_input", "masked input")
     agent = federation.agents[0]
-    layout = ParameterLayout.update(federation.spec)
-    from federation.round_api import masked_update_size
-
-    size = masked_update_size(layout.length, 32)
+    assignment = parts[0].client.work().assignment
+    assert assignment is not None
+    config = RoundConfig.from_bytes(assignment.config)
+    vector = np.zeros(config.vector_length, dtype=np.uint32)
+    body = MaskedInput(config.digest, assignment.participant_id, vector).to_bytes()
     path = f"/agent/v1/uploads/rounds/{number}/masked-update"
-    body = b"SAMI\x01" + os.urandom(size - 5)
-    headers = agent.signer.signature_headers("PUT", url + path, body)
-    headers["Content-Type"] = "application/octet-stream"
+    headers = {
+        **agent.signer.signature_headers("PUT", url + path, body),
+        "Content-Type": "application/octet-stream",
+    }
     tampered = bytearray(body)
     tampered[-1] ^= 1
     refused = httpx.put(url + path, content=bytes(tampered), headers=headers, timeout=30)
     assert refused.status_code == 401, refused.text  # the body is not what was signed
-    signed_garbage = httpx.put(
+    other = MaskedInput(config.digest, assignment.participant_id % 3 + 1, vector).to_bytes()
+    impostor = httpx.put(
         url + path,
-        content=body,
+        content=other,
         headers={
-            **agent.signer.signature_headers("PUT", url + path, body),
+            **agent.signer.signature_headers("PUT", url + path, other),
             "Content-Type": "application/octet-stream",
         },
         timeout=30,
     )
-    assert signed_garbage.status_code == 422, signed_garbage.text  # not this round's upload
+    assert impostor.status_code == 422, impostor.text  # another participant's upload
+    assert "names participant" in impostor.json()["detail"]
     client = parts[0].client
     with pytest.raises(Rejected) as short:
         client.upload_masked_update(number, body[:100])
