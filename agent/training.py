@@ -1,0 +1,358 @@
+"""Local multi-task training of one round: `LocalTrainer`.
+
+The agent hands the trainer the round's global model (a model-layout vector) and a
+`RoundPlan` (noise multiplier, sampling rate, steps); the trainer runs that many steps on
+Poisson-sampled batches of the local training split — DP-SGD through Opacus when the
+federation enables DP (`privacy.dp.PrivateTraining`), plain SGD/Adam otherwise — and
+returns the new local parameters as a model-layout vector. `federation.aggregation.
+local_contribution` turns that into the round's update segments.
+
+Heads of tasks the institution holds no training labels for are frozen: they stay
+exactly at the global values, so their update is zero (and `local_contribution` sends
+zeros with a zero counter anyway). An optional FedProx term (Li et al. 2020, "Federated
+Optimization in Heterogeneous Networks") pulls the trained parameters towards the global
+ones; under DP it is added to the gradient after clipping and noise, since it does not
+depend on any data (post-processing).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from agent.data import LocalDataset
+from agent.errors import ConfigError, DataError, TrainingError
+from agent.evaluation import Metrics, evaluate_split
+from agent.loss import multitask_loss, per_sample_loss
+from federation.layout import ParameterLayout
+from federation.model import MultiTaskModel, build_model, load_model_vector, model_vector
+from federation.spec import FederationSpec
+from privacy.dp import (
+    Accountant,
+    PrivateTraining,
+    RoundPlan,
+    check_round,
+    noise_for_budget,
+)
+from privacy.dp.engine import private_generator
+
+Progress = Callable[[int, int], None]
+Batch = tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]
+#: A step's objective value and the mean loss of each task with labels in the batch.
+LossReport = tuple[torch.Tensor, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """What one round of local training produced (all of it stays local but the vector's
+    update and the privacy parameters)."""
+
+    local_vector: NDArray[np.float64]
+    steps: int
+    sample_rate: float
+    noise_multiplier: float
+    train_samples: int
+    labelled: dict[str, int]
+    mean_loss: float
+    task_losses: dict[str, float] = field(default_factory=dict)
+    private: bool = True
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto`: CUDA when available, else CPU; any other value is used as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"device: '{device}' is not a torch device ({exc})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: '{device}' was asked for, but CUDA is not available")
+    return resolved
+
+
+class LocalTrainer:
+    """Trains the federation's model on one institution's data, round after round."""
+
+    def __init__(
+        self,
+        spec: FederationSpec,
+        dataset: LocalDataset,
+        *,
+        device: str = "auto",
+        seed: int | None = None,
+    ) -> None:
+        if dataset.input_dim != spec.model.encoder.input_dim:
+            raise DataError(
+                f"the dataset has {dataset.input_dim} inputs, federation '{spec.name}' has "
+                f"model.encoder.input_dim = {spec.model.encoder.input_dim}"
+            )
+        if dataset.n_train == 0:
+            raise DataError("the training split is empty")
+        self.spec = spec
+        self.dataset = dataset
+        self.device = resolve_device(device)
+        self.layout = ParameterLayout.model(spec)
+        self._train = dataset.train.to(self.device)
+        self._validation = dataset.validation.to(self.device)
+        self._seed = seed
+        self._rounds = 0
+        #: Tasks trained here: held, with at least one labelled training sample.
+        self.tasks_trained = tuple(t for t in dataset.tasks_held if dataset.train.labelled(t) > 0)
+        if not self.tasks_trained:
+            raise DataError("no task has a labelled sample in the training split")
+
+    # -- planning ----------------------------------------------------------------------
+
+    @property
+    def sample_rate(self) -> float:
+        """Poisson sampling rate q = expected batch size / training samples (at most 1)."""
+        return min(1.0, self.spec.training.batch_size / self.dataset.n_train)
+
+    @property
+    def steps_per_round(self) -> int:
+        """`local_epochs` passes over the data in expected batches: ceil(epochs / q)."""
+        return max(1, math.ceil(self.spec.training.local_epochs / self.sample_rate - 1e-9))
+
+    def plan(
+        self,
+        noise_multiplier: float | None = None,
+        *,
+        budget_epsilon: float | None = None,
+        accountant: Accountant | None = None,
+        rounds: int | None = None,
+    ) -> RoundPlan:
+        """What one round will do: (sigma, q, steps).
+
+        sigma is, in order: the argument, the federation's `dp.noise_multiplier`, or the
+        smallest sigma that spends `budget_epsilon` evenly over `rounds` more rounds
+        (default: the planned rounds the accountant's history has not used yet).
+        Without DP the noise multiplier is 0.
+        """
+        q, steps = self.sample_rate, self.steps_per_round
+        dp = self.spec.dp
+        if not dp.enabled:
+            return RoundPlan(0.0, q, steps)
+        sigma = noise_multiplier if noise_multiplier is not None else dp.noise_multiplier
+        if sigma is None:
+            if budget_epsilon is None:
+                raise ConfigError(
+                    "dp: the federation sets no noise_multiplier, so a privacy budget "
+                    "(epsilon) is needed to choose one"
+                )
+            history = accountant.history if accountant is not None else ()
+            kind = accountant.kind if accountant is not None else dp.accountant.value
+            left = rounds if rounds is not None else max(1, dp.planned_rounds - len(history))
+            sigma = noise_for_budget(budget_epsilon, dp.delta, q, steps, left, kind, history)
+        return RoundPlan(float(sigma), q, steps)
+
+    # -- evaluation --------------------------------------------------------------------
+
+    def _model(self, global_vector: NDArray[np.generic]) -> MultiTaskModel:
+        model = build_model(self.spec)
+        load_model_vector(model, self.layout, global_vector)
+        return model.to(self.device)
+
+    def evaluate(self, global_vector: NDArray[np.generic]) -> Metrics:
+        """Per-task metrics of a model-layout vector on the local validation split."""
+        return evaluate_split(
+            self.spec,
+            self._model(global_vector),
+            self._validation,
+            self.dataset.tasks_held,
+            self.dataset.label_scales,
+        )
+
+    def evaluate_train(self, global_vector: NDArray[np.generic]) -> Metrics:
+        return evaluate_split(
+            self.spec,
+            self._model(global_vector),
+            self._train,
+            self.dataset.tasks_held,
+            self.dataset.label_scales,
+        )
+
+    # -- training ----------------------------------------------------------------------
+
+    def _generator(self, device: torch.device | str, stream: int) -> torch.Generator:
+        if self._seed is None:
+            return private_generator(device)
+        return private_generator(device, (self._seed * 1_000_003 + self._rounds) * 4 + stream)
+
+    def train(
+        self,
+        global_vector: NDArray[np.generic],
+        plan: RoundPlan,
+        *,
+        progress: Progress | None = None,
+        accountant: Accountant | None = None,
+        budget_epsilon: float | None = None,
+    ) -> TrainingOutcome:
+        """Run `plan.steps` steps from the global model; the new local model as a vector.
+
+        With an `accountant` and a `budget_epsilon` the round is checked first and refused
+        with `BudgetExceeded` before any step; the accountant records the steps taken.
+        """
+        dp = self.spec.dp
+        if dp.enabled and accountant is not None and budget_epsilon is not None:
+            check_round(
+                accountant,
+                budget_epsilon,
+                dp.delta,
+                plan.noise_multiplier,
+                plan.sample_rate,
+                plan.steps,
+            )
+        model = self._model(global_vector)
+        model.train()
+        for name in self.spec.task_names:
+            if name not in self.tasks_trained:
+                model.heads[name].requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+        anchor = [p.detach().clone() for p in params]
+        optimizer = self._optimizer(params)
+        train = self._train
+        n = len(train)
+        labels = {t: train.labels[t] for t in self.tasks_trained}
+        masks = {t: train.masks[t] for t in self.tasks_trained}
+        labelled = {t: train.labelled(t) for t in self.tasks_trained}
+        mu = self.spec.aggregation.fedprox_mu
+        sampler = self._generator("cpu", 0)
+        private: PrivateTraining | None = None
+        if dp.enabled:
+            private = PrivateTraining(
+                model,
+                optimizer,
+                noise_multiplier=plan.noise_multiplier,
+                max_grad_norm=dp.max_grad_norm,
+                expected_batch_size=plan.sample_rate * n,
+                mode=dp.grad_sample_mode,
+                generator=self._generator(self.device, 1),
+            )
+        normalisers = {t: n / labelled[t] for t in self.tasks_trained}
+
+        def proximal_gradient() -> None:
+            for p, p0 in zip(params, anchor, strict=True):
+                if p.grad is not None:
+                    p.grad.add_(p.detach() - p0, alpha=mu)
+
+        totals: list[float] = []
+        task_sums: dict[str, list[float]] = {t: [] for t in self.tasks_trained}
+        try:
+            for step in range(plan.steps):
+                # Poisson sampling: each sample joins the batch independently with rate q
+                # (the sampling DP-SGD's privacy amplification analysis assumes).
+                chosen = torch.rand(n, generator=sampler) < plan.sample_rate
+                idx = chosen.nonzero().squeeze(1).to(self.device)
+                batch = _select(train.features, labels, masks, idx)
+                if private is not None:
+                    result = self._private_step(
+                        private, batch, normalisers, proximal_gradient if mu > 0 else None
+                    )
+                else:
+                    result = self._plain_step(model, optimizer, batch, params, anchor)
+                if result is not None:
+                    value, means = result
+                    if not math.isfinite(float(value)):
+                        raise TrainingError(f"the training loss became non-finite at step {step}")
+                    totals.append(float(value))
+                    for task, mean in means.items():
+                        task_sums[task].append(mean)
+                if progress is not None:
+                    progress(step + 1, plan.steps)
+        finally:
+            if private is not None:
+                private.close()
+        local_vector = model_vector(model, self.layout)
+        if not np.all(np.isfinite(local_vector)):
+            raise TrainingError("training produced non-finite parameters")
+        self._rounds += 1
+        if dp.enabled and accountant is not None:
+            accountant.record(plan.noise_multiplier, plan.sample_rate, plan.steps)
+        return TrainingOutcome(
+            local_vector=local_vector,
+            steps=plan.steps,
+            sample_rate=plan.sample_rate,
+            noise_multiplier=plan.noise_multiplier if dp.enabled else 0.0,
+            train_samples=n,
+            labelled=dict(self.dataset.labelled_train),
+            mean_loss=float(np.mean(totals)) if totals else float("nan"),
+            task_losses={t: float(np.mean(v)) for t, v in task_sums.items() if v},
+            private=dp.enabled,
+        )
+
+    def _private_step(
+        self,
+        private: PrivateTraining,
+        batch: Batch,
+        normalisers: dict[str, float],
+        before_update: Callable[[], None] | None,
+    ) -> LossReport | None:
+        features, labels, masks = batch
+        report: list[LossReport] = []
+
+        def loss_fn(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            detached = {k: v.detach() for k, v in outputs.items()}
+            report.append(multitask_loss(self.spec, detached, labels, masks))
+            return per_sample_loss(self.spec, outputs, labels, masks, normalisers)
+
+        private.step(features, loss_fn, before_update=before_update)
+        return report[0] if report else None
+
+    def _plain_step(
+        self,
+        model: MultiTaskModel,
+        optimizer: torch.optim.Optimizer,
+        batch: Batch,
+        params: list[torch.nn.Parameter],
+        anchor: list[torch.Tensor],
+    ) -> LossReport | None:
+        features, labels, masks = batch
+        if features.shape[0] == 0:
+            return None
+        optimizer.zero_grad(set_to_none=True)
+        loss, means = multitask_loss(self.spec, model(features), labels, masks)
+        report = (loss.detach(), means)
+        mu = self.spec.aggregation.fedprox_mu
+        if mu > 0:
+            loss = loss + 0.5 * mu * sum(
+                (((p - p0) ** 2).sum() for p, p0 in zip(params, anchor, strict=True)),
+                torch.zeros((), device=features.device),
+            )
+        if loss.requires_grad:
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+        return report
+
+    def _optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        training = self.spec.training
+        if training.optimizer == "adam":
+            return torch.optim.Adam(params, lr=training.learning_rate)
+        return torch.optim.SGD(params, lr=training.learning_rate)
+
+
+def _select(
+    features: torch.Tensor,
+    labels: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor],
+    idx: torch.Tensor,
+) -> Batch:
+    return (
+        features[idx],
+        {t: y[idx] for t, y in labels.items()},
+        {t: m[idx] for t, m in masks.items()},
+    )
+
+
+def fresh_seed() -> int:
+    """A random seed for runs that should differ (privacy-relevant draws use the OS CSPRNG)."""
+    return secrets.randbits(31)
+
+
+__all__ = ["LocalTrainer", "RoundPlan", "TrainingOutcome", "resolve_device"]

@@ -1,0 +1,211 @@
+"""DP-SGD cost: per-step time of plain PyTorch against each Opacus grad-sample mode.
+
+Run from the repository root:
+
+    python benchmarks/dp_overhead.py            # full run (about two minutes on 2 CPU cores)
+    python benchmarks/dp_overhead.py --quick    # fewer repetitions, under a minute
+    python benchmarks/dp_overhead.py --device cuda
+
+Two models, each timed in the same run and on the same fixed batch (Poisson sampling is
+left out: it costs the same with or without DP):
+
+- `heart`: the heart-disease federation's multi-task model (examples/heart_disease),
+  batch 64, the multi-task loss over its four tasks;
+- `mlp1m`: an MLP 512-1024-512-10 (1.05M parameters), batch 256, cross-entropy.
+
+A step is forward, backward and the optimizer update. Plain PyTorch uses the mean loss;
+a DP step is `privacy.dp.PrivateTraining.step` (per-sample gradients or norms, clipping
+to C = 1, Gaussian noise sigma = 1, the update) in each of Opacus' modes: `hooks`,
+`functorch`, `ew` (ExpandedWeights), `ghost` (ghost clipping). Timings are interleaved
+(plain, then each mode, repeated) so that all modes see the same machine load; a mode's
+time is the median over repetitions, and its ratio is that over plain's median.
+
+The last line is the headline: the best mode's ratio for `mlp1m` at batch 256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run by path: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import opacus
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from agent.loss import multitask_loss, per_sample_loss
+from federation.model import build_model
+from federation.spec import FederationSpec, TaskKind
+from privacy.dp import GRAD_SAMPLE_MODES, PrivateTraining
+from privacy.dp.engine import private_generator
+
+HEART_SPEC = Path(__file__).resolve().parent.parent / "examples/heart_disease/federation.json"
+
+
+@dataclass
+class Workload:
+    name: str
+    batch: int
+    make_model: Callable[[], nn.Module]
+    inputs: torch.Tensor
+    #: Mean loss for the plain step.
+    mean_loss: Callable[[object], torch.Tensor]
+    #: One loss per sample for the DP step.
+    sample_loss: Callable[[object], torch.Tensor]
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.make_model().parameters())
+
+
+def heart_workload(device: torch.device) -> Workload:
+    spec = FederationSpec.model_validate_json(HEART_SPEC.read_text())
+    batch = 64
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, spec.model.encoder.input_dim, generator=gen)
+    labels: dict[str, torch.Tensor] = {}
+    for task in spec.tasks:
+        if task.kind is TaskKind.MULTICLASS:
+            assert task.n_classes is not None
+            labels[task.name] = torch.randint(0, task.n_classes, (batch,), generator=gen)
+        elif task.kind is TaskKind.BINARY:
+            labels[task.name] = torch.randint(0, 2, (batch,), generator=gen).float()
+        else:
+            labels[task.name] = torch.randn(batch, generator=gen)
+    labels = {t: y.to(device) for t, y in labels.items()}
+    masks = {t: torch.rand(batch, generator=gen).to(device) < 0.8 for t in labels}
+    normalisers = dict.fromkeys(labels, 1.25)
+    return Workload(
+        "heart",
+        batch,
+        lambda: build_model(spec),
+        x.to(device),
+        lambda out: multitask_loss(spec, out, labels, masks)[0],  # type: ignore[arg-type]
+        lambda out: per_sample_loss(spec, out, labels, masks, normalisers),  # type: ignore[arg-type]
+    )
+
+
+def mlp_workload(device: torch.device) -> Workload:
+    batch = 256
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 512, generator=gen).to(device)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+
+    def make() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return nn.Sequential(
+                nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 512), nn.ReLU(), nn.Linear(512, 10)
+            )
+
+    return Workload(
+        "mlp1m",
+        batch,
+        make,
+        x,
+        lambda out: F.cross_entropy(out, y),  # type: ignore[arg-type]
+        lambda out: F.cross_entropy(out, y, reduction="none"),  # type: ignore[arg-type]
+    )
+
+
+def plain_step(work: Workload, device: torch.device) -> Callable[[], None]:
+    model = work.make_model().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        work.mean_loss(model(work.inputs)).backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+
+    return step
+
+
+def private_step(work: Workload, device: torch.device, mode: str) -> Callable[[], None]:
+    model = work.make_model().to(device)
+    engine = PrivateTraining(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        expected_batch_size=float(work.batch),
+        mode=mode,
+        generator=private_generator(device, 0),
+    )
+
+    def step() -> None:
+        engine.step(work.inputs, work.sample_loss)
+
+    return step
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(work: Workload, device: torch.device, repeats: int, steps: int) -> dict[str, float]:
+    """Median seconds per step of each mode, timings interleaved across modes."""
+    runners = {"plain": plain_step(work, device)}
+    runners |= {mode: private_step(work, device, mode) for mode in GRAD_SAMPLE_MODES}
+    for run in runners.values():  # warm-up: allocations, kernels, hooks
+        for _ in range(2):
+            run()
+    sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                run()
+            sync(device)
+            samples[name].append((time.perf_counter() - start) / steps)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved repetitions")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    repeats = args.repeats or (3 if args.quick else 7)
+    steps = 3 if args.quick else 5
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    print(
+        f"torch {torch.__version__}, opacus {opacus.__version__}, device {device} "
+        f"({hardware or platform.machine()}), threads {torch.get_num_threads()}; "
+        f"{repeats} interleaved repetitions x {steps} steps, medians"
+    )
+    headline: tuple[float, str] | None = None
+    for work in (heart_workload(device), mlp_workload(device)):
+        times = measure(work, device, repeats, steps)
+        plain = times["plain"]
+        print(f"\n{work.name}: {work.parameters:,} parameters, batch {work.batch}")
+        print(f"  {'mode':<10} {'ms/step':>9} {'x plain':>8}")
+        for name, seconds in times.items():
+            print(f"  {name:<10} {seconds * 1e3:9.3f} {seconds / plain:8.2f}")
+        best = min((t / plain, name) for name, t in times.items() if name != "plain")
+        if work.name == "mlp1m":
+            headline = best
+    assert headline is not None
+    print(f"dp_overhead: best_ratio={headline[0]:.2f} mode={headline[1]}")
+
+
+if __name__ == "__main__":
+    main()
