@@ -28,6 +28,9 @@ from coordinator.institutions.views import router as institutions_router
 from coordinator.ledger.views import router as ledger_router
 from coordinator.model_versions.views import router as models_router
 from coordinator.results.views import router as results_router
+from coordinator.rounds.agent_views import UPLOAD_PREFIX
+from coordinator.rounds.agent_views import router as round_agent_router
+from coordinator.rounds.agent_views import upload_router as round_upload_router
 from coordinator.rounds.views import router as rounds_router
 from coordinator.runtime import Runtime
 from coordinator.settings import Settings
@@ -36,8 +39,8 @@ from fmtl import __version__
 
 API_TITLE: Final = "fmtl coordinator"
 #: Paths whose handlers stream bodies into the blob store with their own size limit
-#: (masked-update uploads, added by the round engine).
-STREAMED_UPLOAD_PREFIXES: Final = ("/agent/v1/rounds/",)
+#: (masked-update uploads of the round engine).
+STREAMED_UPLOAD_PREFIXES: Final = (UPLOAD_PREFIX + "/",)
 
 
 def create_app(settings: Settings, *, start_embedded_worker: bool = True) -> FastAPI:
@@ -82,6 +85,8 @@ def create_app(settings: Settings, *, start_embedded_worker: bool = True) -> Fas
         ledger_router,
         audit_router,
         agent_router,
+        round_agent_router,
+        round_upload_router,
     ):
         app.include_router(router)
     install_problem_handlers(app)

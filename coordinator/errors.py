@@ -26,13 +26,13 @@ class ConfigurationError(CoordinatorError):
     slug = "configuration"
 
 
-class DatabaseNotReady(CoordinatorError):  # noqa: N818 - domain names, as in the conventions
+class DatabaseNotReady(CoordinatorError):
     """The database is unreachable or its schema is not at the code's migration head."""
 
     slug = "database-not-ready"
 
 
-class InvalidInput(CoordinatorError):  # noqa: N818 - domain names, as in the conventions
+class InvalidInput(CoordinatorError):
     """The request is well-formed but its content is unacceptable; nothing was changed."""
 
     slug = "invalid-input"
@@ -44,19 +44,19 @@ class PayloadTooLarge(InvalidInput):
     slug = "payload-too-large"
 
 
-class NotFound(CoordinatorError):  # noqa: N818 - domain names, as in the conventions
+class NotFound(CoordinatorError):
     """The named resource does not exist (or the caller may not know it exists)."""
 
     slug = "not-found"
 
 
-class AlreadyExists(CoordinatorError):  # noqa: N818 - domain names, as in the conventions
+class AlreadyExists(CoordinatorError):
     """A resource with that name already exists."""
 
     slug = "already-exists"
 
 
-class StateConflict(CoordinatorError):  # noqa: N818 - domain names, as in the conventions
+class StateConflict(CoordinatorError):
     """The resource is in a state that does not allow this (revoked, used, wrong stage)."""
 
     slug = "state-conflict"
@@ -68,7 +68,7 @@ class EnrollmentRefused(StateConflict):
     slug = "enrollment-refused"
 
 
-class AuthenticationFailed(CoordinatorError):  # noqa: N818 - domain names, as in the conventions
+class AuthenticationFailed(CoordinatorError):
     """No valid credentials: missing, unknown, expired or revoked token; bad signature."""
 
     slug = "unauthenticated"
@@ -86,7 +86,7 @@ class ReplayDetected(SignatureRejected):
     slug = "replay-detected"
 
 
-class PermissionDenied(CoordinatorError):  # noqa: N818 - domain names, as in the conventions
+class PermissionDenied(CoordinatorError):
     """Valid credentials whose role this endpoint does not admit."""
 
     slug = "forbidden"

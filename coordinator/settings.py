@@ -94,6 +94,32 @@ class Settings(BaseSettings):
         default=5.0, gt=0.0, le=3600.0, description="Period of the deadline `tick` task."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    allow_plain_aggregation: bool = Field(
+        default=False,
+        description="Allow federations with `secagg.mode = plain` (unmasked sums) to run "
+        "rounds: for benchmarks and tests only, never in production.",
+    )
+    agent_seen_window_s: float = Field(
+        default=3600.0,
+        gt=0.0,
+        description="A round selects agents seen (polling, or enrolled) within this window.",
+    )
+    unmask_slice_coordinates: int = Field(
+        default=1 << 18,
+        ge=1024,
+        le=1 << 30,
+        description="Coordinates per unmasking task (each worker task unmasks one slice).",
+    )
+    slice_lease_s: float = Field(
+        default=120.0,
+        gt=0.0,
+        le=86_400.0,
+        description="How long a worker holds an unmasking slice before another may take it "
+        "over (a killed worker's slices are redone after this).",
+    )
+    work_poll_interval_s: float = Field(
+        default=5.0, ge=0.0, le=3600.0, description="How often agents are told to poll."
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any, Final
 
-from celery import Celery
+from celery import Celery, group
 from celery.signals import worker_process_init
 from celery.worker import WorkController
 from celery.worker import state as worker_state
 
+from coordinator.rounds.engine import ADVANCE_TASK, FINISH_TASK, SLICE_TASK, Followup
 from coordinator.runtime import Runtime
 from coordinator.settings import Settings
-from coordinator.tasks import tick
+from coordinator.tasks import advance_round, finish_round, tick, unmask_slice
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ TICK_TASK: Final = "fmtl.tick"
 #: How long `EmbeddedWorker.start()` waits for the consumer to be ready, and `stop()` for
 #: the thread to finish its current task.
 EMBEDDED_START_TIMEOUT_S: Final = 30.0
+#: How often the embedded worker looks at its in-memory queue (seconds).
+EMBEDDED_POLL_INTERVAL_S: Final = 0.02
 EMBEDDED_STOP_TIMEOUT_S: Final = 30.0
 
 
@@ -63,16 +67,34 @@ def create_celery(settings: Settings, runtime: Runtime | None = None) -> Coordin
         },
         beat_schedule_filename=str(settings.state_dir / "celerybeat-schedule"),
     )
+    if settings.embedded_worker:
+        # kombu's in-memory transport polls its queue (every 1 s by default); each protocol
+        # stage hands over through a task, so poll fast enough not to add seconds per round.
+        app.conf.broker_transport_options = {"polling_interval": EMBEDDED_POLL_INTERVAL_S}
 
     # shared=False: a shared task would be registered on every later app too, bound to
     # this app's runtime (another database) through the closure.
     @app.task(name=TICK_TASK, shared=False)  # type: ignore[untyped-decorator]
     def _tick() -> dict[str, Any]:
         report = tick(app.runtime)
+        send_followups(app, report.followups)
         return {
             "nonces_purged": report.nonces_purged,
             "overdue_rounds": list(report.overdue_rounds),
+            "started_rounds": list(report.started_rounds),
         }
+
+    @app.task(name=ADVANCE_TASK, shared=False)  # type: ignore[untyped-decorator]
+    def _advance(round_id: int) -> None:
+        send_followups(app, advance_round(app.runtime, round_id))
+
+    @app.task(name=SLICE_TASK, shared=False)  # type: ignore[untyped-decorator]
+    def _unmask_slice(round_id: int, index: int) -> None:
+        send_followups(app, unmask_slice(app.runtime, round_id, index))
+
+    @app.task(name=FINISH_TASK, shared=False)  # type: ignore[untyped-decorator]
+    def _finish(round_id: int) -> None:
+        send_followups(app, finish_round(app.runtime, round_id))
 
     def _forget_parent_pool(**_: object) -> None:
         app.runtime.db.forget_after_fork()
@@ -81,6 +103,23 @@ def create_celery(settings: Settings, runtime: Runtime | None = None) -> Coordin
     worker_process_init.connect(_forget_parent_pool, weak=False)
     app.finalize()
     return app
+
+
+def send_followups(app: Celery, followups: Sequence[Followup]) -> None:
+    """Send the tasks a committed transaction asked for; unmasking slices go as one group.
+
+    A send that fails is logged and left to the periodic tick, which finds the work again
+    from the database.
+    """
+    slices = [f for f in followups if f.task == SLICE_TASK]
+    try:
+        if slices:
+            group(app.signature(f.task, args=f.args) for f in slices).apply_async()
+        for followup in followups:
+            if followup.task != SLICE_TASK:
+                app.send_task(followup.task, args=followup.args, countdown=followup.countdown)
+    except Exception:
+        logger.exception("could not send follow-up tasks; the tick will resend them")
 
 
 def check_broker(app: Celery, timeout_s: float = 3.0) -> None:

@@ -198,6 +198,11 @@ class SecAggSpec(_Spec):
     neighbour_graph: Literal["auto", "always", "never"] = Field(
         default="auto", description="'auto': use the SecAgg+ graph from 32 participants on."
     )
+    mode: Literal["secure", "plain"] = Field(
+        default="secure",
+        description="'plain' sums unmasked updates (benchmarks and tests only); the "
+        "coordinator refuses it unless FMTL_ALLOW_PLAIN_AGGREGATION=true.",
+    )
 
     def threshold(self, n: int) -> int:
         """The reconstruction threshold t for n participants: ceil(fraction * n), > n/2."""

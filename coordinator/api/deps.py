@@ -80,9 +80,13 @@ class Person:
 _bearer = HTTPBearer(auto_error=False, description="An fmtl API token: `Bearer fmtl_api_...`.")
 
 
-def _declare(dependency: Callable[..., Any], access: Access) -> Callable[..., Any]:
+def declare_access(dependency: Callable[..., Any], access: Access) -> Callable[..., Any]:
+    """Mark `dependency` as an access dependency admitting `access` (read by `endpoints`)."""
     setattr(dependency, ACCESS_ATTRIBUTE, access)
     return dependency
+
+
+_declare = declare_access
 
 
 def require_roles(*roles: Role) -> Callable[..., Person]:

@@ -57,11 +57,21 @@ def recompute_epsilon(kind: Accountant, history: Sequence[MechanismStep], delta:
 
     if kind is Accountant.RDP:
         rdp = RDPAccountant()
-        rdp.history = entries
+        rdp.history = _merge_repeated(entries)
         return float(rdp.get_epsilon(delta=delta))
     prv = PRVAccountant()
     prv.history = entries
     return float(prv.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
+
+
+def _merge_repeated(entries: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+    """One entry per (σ, q) with the steps summed: exact for RDP, whose per-step cost is
+    the same for equal (σ, q) and composes additively (Mironov 2017, Prop. 1), and it
+    keeps the replay's cost from growing with the number of rounds."""
+    steps: dict[tuple[float, float], int] = {}
+    for sigma, q, n in entries:
+        steps[(sigma, q)] = steps.get((sigma, q), 0) + n
+    return [(sigma, q, n) for (sigma, q), n in steps.items()]
 
 
 def is_mismatch(kind: Accountant, reported: float, recomputed: float) -> bool:

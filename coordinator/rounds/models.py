@@ -42,6 +42,7 @@ class ParticipantStatus(enum.StrEnum):
     SELECTED = "selected"  # taking part; answered every stage so far
     DROPPED = "dropped"  # missed a stage deadline; see `dropped_at_stage`
     COMPLETED = "completed"  # its contribution is in the aggregate
+    DECLINED = "declined"  # said it will not take part (e.g. out of privacy budget)
 
 
 class ProtocolMessageKind(enum.StrEnum):
@@ -52,6 +53,7 @@ class ProtocolMessageKind(enum.StrEnum):
     CONSISTENCY_SIGNATURE = "consistency_signature"
     UNMASK_SHARES = "unmask_shares"
     TRAINING_REPORT = "training_report"  # signed DP parameters and per-task metrics
+    DECLINE = "decline"  # the reason an agent gave for leaving the round
 
 
 class RoundRecordKind(enum.StrEnum):
@@ -60,6 +62,7 @@ class RoundRecordKind(enum.StrEnum):
     CONFIG = "config"  # the secagg RoundConfig
     KEY_BROADCAST = "key_broadcast"
     SURVIVOR_SET = "survivor_set"
+    CONSISTENCY_PROOF = "consistency_proof"
     UNMASK_PLAN = "unmask_plan"
 
 
@@ -87,6 +90,8 @@ class Round(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     failure_reason: Mapped[str | None] = mapped_column(sa.Text)
+    #: `secure` (masked) or `plain` (unmasked sums; benchmarks and tests only).
+    mode: Mapped[str] = mapped_column(sa.String(16), default="secure", server_default="secure")
 
     participants: Mapped[list[Participant]] = relationship(
         back_populates="round", order_by="Participant.secagg_id", cascade="all, delete-orphan"
@@ -207,3 +212,7 @@ class UnmaskSlice(Base):
     blob_key: Mapped[str | None] = mapped_column(sa.String(300))
     sha256: Mapped[str | None] = mapped_column(sa.String(64))
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: A worker holds the slice until then; after it, another worker may take it over
+    #: (the first one was killed, or is stuck).
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")

@@ -1,14 +1,14 @@
-"""Round read endpoints (rounds are opened and driven by the round engine)."""
+"""Round endpoints for people: start a round (admin), read rounds (the engine drives them)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request, status
 
-from coordinator.api.deps import ReaderDep, SessionDep
+from coordinator.api.deps import AdminDep, ReaderDep, RuntimeDep, SessionDep
 from coordinator.api.problems import problem_responses
-from coordinator.rounds import service
+from coordinator.rounds import engine, service
 from coordinator.rounds.schemas import RoundOut, RoundSummary
 from federation.spec import NAME_PATTERN
 
@@ -27,6 +27,28 @@ def list_rounds(
     federation: FederationName, _: ReaderDep, session: SessionDep
 ) -> list[RoundSummary]:
     return [RoundSummary.of(item) for item in service.list_rounds(session, federation)]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses=problem_responses(409),
+    summary="Start the federation's next round now: select agents, open key advertising (admin)",
+)
+def start_round(
+    federation: FederationName,
+    person: AdminDep,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    request: Request,
+) -> RoundOut:
+    from coordinator.worker import send_followups
+
+    round_, followups = engine.start_round(
+        session, runtime.blobs, runtime.settings, federation, actor=person.actor
+    )
+    send_followups(request.app.state.celery, followups)
+    return RoundOut.of(service.get_round(session, federation, round_.number))
 
 
 @router.get("/{number}", summary="One round: stages, deadlines, participants")

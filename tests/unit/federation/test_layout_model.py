@@ -22,7 +22,10 @@ def make_spec(**aggregation: object) -> FederationSpec:
                 {"name": "severity", "kind": "multiclass", "n_classes": 5},
                 {"name": "max_hr", "kind": "regression"},
             ],
-            "model": {"encoder": {"kind": "mlp", "input_dim": 7, "hidden": [8, 4]}, "head": {"hidden": [3]}},
+            "model": {
+                "encoder": {"kind": "mlp", "input_dim": 7, "hidden": [8, 4]},
+                "head": {"hidden": [3]},
+            },
             "aggregation": aggregation,
         }
     )

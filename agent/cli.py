@@ -1,0 +1,343 @@
+"""`fmtl agent ...`: enroll an institution, run its daemon, check its setup, show its status.
+
+    fmtl agent enroll --coordinator https://fl.example.org --token TOKEN --config agent.toml
+    fmtl agent check  --config agent.toml
+    fmtl agent run    --config agent.toml [--log-format json] [--max-rounds N | --once]
+    fmtl agent status --config agent.toml [--json]
+
+Every failure is one line on stderr (`error: <file>: <key>: what to fix`) and a non-zero
+exit status, never a traceback: 2 for input to fix (agent.toml, the data, the command
+line), 1 for everything else (the coordinator refused or is unreachable, a damaged state).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
+
+import typer
+
+from agent.config import AgentConfig, load_config
+from agent.errors import AgentError, ConfigError, DataError
+from agent.logging import LogFormat, configure
+
+if TYPE_CHECKING:
+    from agent.data import LocalDataset
+    from agent.enrollment import Enrollment
+
+app = typer.Typer(
+    name="agent",
+    help="The institution's agent: enroll once, then run the daemon.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_FAILURE: Final = 1
+EXIT_INPUT: Final = 2
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option(
+        "--config",
+        "-c",
+        help="The agent's configuration file.",
+        dir_okay=False,
+        resolve_path=False,
+    ),
+]
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    typer.echo(f"error: {first}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _readable_errors() -> Iterator[None]:
+    """Every expected failure becomes one line; unexpected ones too, named by their type."""
+    from privacy.dp.errors import DPError
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except (ConfigError, DataError) as exc:
+        _fail(str(exc), EXIT_INPUT)
+    except (AgentError, DPError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or type(exc).__name__}")
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:
+        _fail(f"unexpected {type(exc).__name__}: {exc}")
+
+
+def _data_error(config: AgentConfig, error: DataError) -> DataError:
+    """A data error prefixed with the file and the [data] section it is about."""
+    return DataError(f"{config.source}: data.{error}")
+
+
+def check_local_data(config: AgentConfig, enrollment: Enrollment) -> LocalDataset:
+    """Load the data as the daemon will, against the enrolled federation's spec."""
+    from agent.data import load_dataset
+
+    profile = enrollment.profile
+    not_held = [task for task in config.data.labels if task not in profile.tasks_held]
+    if not_held:
+        raise DataError(
+            f"{config.source}: data.labels: task(s) {', '.join(not_held)} are not among the "
+            f"tasks the coordinator lists for '{profile.institution}' "
+            f"({', '.join(profile.tasks_held)}); remove them or ask the admin"
+        )
+    try:
+        return load_dataset(config.data, profile.spec)
+    except DataError as exc:
+        raise _data_error(config, exc) from None
+
+
+def _precheck_columns(config: AgentConfig) -> None:
+    """Before spending a token: the data file is readable and has every mapped column."""
+    from agent.data import _check_columns, _read_table  # the loader's own checks
+
+    try:
+        _check_columns(config.data, _read_table(config.data))
+    except DataError as exc:
+        raise _data_error(config, exc) from None
+
+
+@app.command()
+def enroll(
+    token: Annotated[
+        str,
+        typer.Option(
+            help="The one-time enrollment token from the federation's admin "
+            "(prompted for when not given).",
+            envvar="FMTL_AGENT_ENROLLMENT_TOKEN",
+            show_envvar=True,
+            prompt="Enrollment token",
+            hide_input=True,
+        ),
+    ],
+    config_file: ConfigOption = Path("agent.toml"),
+    coordinator: Annotated[
+        str | None,
+        typer.Option(
+            help="The coordinator's URL (default: the url in the coordinator section of "
+            "agent.toml)."
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing identity and enrollment.")
+    ] = False,
+) -> None:
+    """Make this institution's identity key and enroll it with the coordinator (once)."""
+    with _readable_errors():
+        from agent.enrollment import enroll as enroll_agent
+        from agent.state_store import EncryptedFileStore
+
+        configure(LogFormat.TEXT, level="WARNING")
+        config = load_config(config_file)
+        url = coordinator or config.coordinator.url
+        if not url:
+            raise ConfigError(
+                "--coordinator: missing; give the coordinator's URL (or set [coordinator] url "
+                f"in {config.source})"
+            )
+        _precheck_columns(config)
+        enrollment, identity = enroll_agent(config, coordinator=url, token=token, force=force)
+        if force:
+            EncryptedFileStore(config.rounds_dir, identity).clear()
+        profile = enrollment.profile
+        typer.echo(
+            f"enrolled '{profile.institution}' in federation '{profile.federation}' "
+            f"(key id {profile.key_id}, tasks: {', '.join(profile.tasks_held)})"
+        )
+        typer.echo(f"identity key: {config.key_file}")
+        typer.echo(f"state folder: {config.state_dir}")
+        dataset = check_local_data(config, enrollment)
+        typer.echo(
+            f"data: {dataset.n_train} training and {dataset.n_validation} validation rows, "
+            f"tasks {', '.join(dataset.tasks_held)}"
+        )
+        typer.echo(f"next: fmtl agent run --config {config_file}")
+
+
+@app.command()
+def check(config_file: ConfigOption = Path("agent.toml")) -> None:
+    """Check agent.toml, the identity key and the data against the enrolled federation."""
+    with _readable_errors():
+        from agent.enrollment import load_enrollment
+        from agent.identity import load_identity
+
+        configure(LogFormat.TEXT, level="WARNING")
+        config = load_config(config_file)
+        enrollment = load_enrollment(config)
+        load_identity(config.key_file, config.key_passphrase)
+        dataset = check_local_data(config, enrollment)
+        typer.echo(
+            f"ok: '{enrollment.profile.institution}' in '{enrollment.profile.federation}'; "
+            f"{dataset.n_train} training and {dataset.n_validation} validation rows; "
+            f"tasks {', '.join(dataset.tasks_held)}"
+        )
+
+
+@app.command()
+def run(
+    config_file: ConfigOption = Path("agent.toml"),
+    log_format: Annotated[
+        LogFormat, typer.Option(help="Log lines as text, or as JSON objects (one per line).")
+    ] = LogFormat.TEXT,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    max_rounds: Annotated[
+        int | None,
+        typer.Option(min=1, help="Exit 0 after this many rounds ended for this agent."),
+    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="Same as --max-rounds 1.")] = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Rich progress bars while training (default: when stderr is a terminal).",
+        ),
+    ] = None,
+) -> None:
+    """Run the daemon: take part in every round, until stopped (SIGTERM/SIGINT: exit 0)."""
+    with _readable_errors():
+        level = log_level.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(f"--log-level: '{log_level}' is not debug, info, warning or error")
+        configure(log_format, level=level)
+        config = load_config(config_file)
+        from agent.daemon import run_daemon
+
+        limit = 1 if once else max_rounds
+        show_progress = sys.stderr.isatty() if progress is None else progress
+        raise typer.Exit(run_daemon(config, max_rounds=limit, show_progress=show_progress))
+
+
+def _status_document(config: AgentConfig) -> dict[str, Any]:
+    from agent.enrollment import NotEnrolled, coordinator_url, load_enrollment
+    from agent.ledger import Ledger, RoundStatus
+    from privacy.dp.accountant import epsilon_for
+
+    document: dict[str, Any] = {"config": str(config.source), "state_dir": str(config.state_dir)}
+    try:
+        enrollment = load_enrollment(config)
+    except NotEnrolled:
+        document["enrolled"] = False
+    else:
+        profile = enrollment.profile
+        document["enrolled"] = True
+        document["enrollment"] = {
+            "institution": profile.institution,
+            "federation": profile.federation,
+            "key_id": profile.key_id,
+            "coordinator": coordinator_url(config, enrollment),
+            "tasks_held": list(profile.tasks_held),
+            "enrolled_at": profile.enrolled_at.isoformat(),
+            "spec_fingerprint": profile.spec_fingerprint,
+        }
+    privacy = config.privacy
+    rounds: dict[str, int] = {status.value: 0 for status in RoundStatus}
+    last_round: dict[str, Any] | None = None
+    history: list[tuple[float, float, int]] = []
+    if config.ledger_file.exists():
+        with Ledger.open(config.ledger_file) as ledger:
+            summary = ledger.summary()
+            rounds = {status.value: n for status, n in summary.rounds.items()}
+            history = ledger.history()
+            entries = ledger.rounds()
+            if entries:
+                last = entries[-1]
+                last_round = {
+                    "federation": last.federation,
+                    "round": last.round,
+                    "status": last.status.value,
+                    "reason": last.reason,
+                    "updated_at": last.updated_at.isoformat(),
+                }
+    spent = epsilon_for(history, privacy.delta, privacy.accountant)
+    document["rounds"] = {
+        **rounds,
+        "joined": sum(n for status, n in rounds.items() if status != RoundStatus.DECLINED.value),
+        "last": last_round,
+    }
+    document["budget"] = {
+        "epsilon": privacy.epsilon,
+        "delta": privacy.delta,
+        "accountant": privacy.accountant,
+        "epsilon_spent": spent,
+        "epsilon_left": max(0.0, privacy.epsilon - spent),
+        "trainings": len(history),
+    }
+    return document
+
+
+@app.command()
+def status(
+    config_file: ConfigOption = Path("agent.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Enrollment, rounds joined / declined / completed, and the privacy budget spent / left."""
+    with _readable_errors():
+        config = load_config(config_file)
+        document = _status_document(config)
+        if as_json:
+            typer.echo(json.dumps(document, indent=2))
+            return
+        _print_status(document)
+
+
+def _print_status(document: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="fmtl agent", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    if document["enrolled"]:
+        enrollment = document["enrollment"]
+        table.add_row("institution", enrollment["institution"])
+        table.add_row("federation", enrollment["federation"])
+        table.add_row("key id", enrollment["key_id"])
+        table.add_row("coordinator", enrollment["coordinator"])
+        table.add_row("tasks held", ", ".join(enrollment["tasks_held"]))
+        table.add_row("enrolled at", enrollment["enrolled_at"])
+    else:
+        table.add_row("enrollment", "[yellow]not enrolled[/] (fmtl agent enroll ...)")
+    rounds = document["rounds"]
+    table.add_section()
+    table.add_row("rounds joined", str(rounds["joined"]))
+    table.add_row("rounds completed", str(rounds["completed"]))
+    table.add_row("rounds declined", str(rounds["declined"]))
+    table.add_row("rounds dropped / failed", f"{rounds['dropped']} / {rounds['failed']}")
+    if rounds["last"]:
+        last = rounds["last"]
+        reason = f" ({last['reason']})" if last["reason"] else ""
+        table.add_row("last round", f"{last['round']}: {last['status']}{reason}")
+    budget = document["budget"]
+    table.add_section()
+    table.add_row(
+        "privacy budget",
+        f"ε = {budget['epsilon']:g}, δ = {budget['delta']:g} ({budget['accountant']})",
+    )
+    share = budget["epsilon_spent"] / budget["epsilon"] if budget["epsilon"] else 0.0
+    colour = "green" if share < 0.8 else "yellow" if share < 1.0 else "red"
+    table.add_row(
+        "ε spent / left",
+        f"[{colour}]{budget['epsilon_spent']:.3f}[/] / {budget['epsilon_left']:.3f} "
+        f"({100 * share:.0f}% spent, {budget['trainings']} trainings)",
+    )
+    console.print(table)
+
+
+__all__ = ["app", "check_local_data"]

@@ -1,0 +1,446 @@
+"""`fmtl agent run`: the daemon loop around `RoundParticipant.step()`.
+
+The loop polls the coordinator and does what each stage of each round needs, round after
+round, until it is stopped:
+
+- network failures (after the client's own quick retries) wait with exponential backoff
+  and jitter, up to `[daemon] backoff_max_s`, and the loop goes on: a coordinator down for
+  an hour is waited for, not a reason to exit;
+- SIGTERM / SIGINT: the current stage is finished if it ends within
+  `[daemon] shutdown_grace_s`; training (the long stage) stops at once. Either way the
+  round state on disk stays consistent (every secret is saved before the message that
+  needs it), a restarted agent continues the round, and the exit status is 0. A second
+  signal stops at once;
+- a round this agent cannot continue (its state damaged, its data unusable, its budget
+  gone) is left cleanly: the participant records why and the round goes on without it;
+- `--max-rounds N` (and `--once`) exit 0 after N rounds ended for this agent (completed,
+  failed, or declined and then finished), for tests and demos.
+
+Every step is logged as a structured event; no secret, share, update or model value is.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Final
+
+import httpx
+
+from agent.config import AgentConfig
+from agent.coordinator_client import (
+    BadResponse,
+    ClientError,
+    CoordinatorClient,
+    CoordinatorUnreachable,
+    Rejected,
+)
+from agent.enrollment import Enrollment, coordinator_url, load_enrollment
+from agent.errors import AgentError, DataError, TrainingError
+from agent.identity import load_identity
+from agent.ledger import Ledger, RoundStatus
+from agent.logging import event, get_logger
+from agent.round_participant import Outcome, RoundParticipant, StepResult
+from agent.round_state import ParticipantState, RoundStateStore
+from agent.state_store import EncryptedFileStore, StateCorrupted
+from agent.work import AgentWork, TrainingInterrupted
+from federation.round_api import WorkStatus
+from privacy.dp.errors import DPError
+
+_log = get_logger("daemon")
+
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+#: Quick retries inside one request before the daemon's own, longer backoff takes over.
+CLIENT_RETRIES: Final = 2
+#: After a stage that sent something, poll again this soon (the next stage may be open).
+ACTIVE_POLL_S: Final = 0.2
+#: Consecutive polls the coordinator refuses (401/403) before the daemon exits 1 (under
+#: systemd it is restarted, and says why in the journal each time).
+MAX_REFUSED_POLLS: Final = 3
+#: Consecutive unexpected errors after which the daemon gives up (exit 1) rather than loop.
+MAX_UNEXPECTED_ERRORS: Final = 10
+_ACTIONS: Final = frozenset(
+    {
+        Outcome.ADVERTISED,
+        Outcome.SHARED,
+        Outcome.UPLOADED,
+        Outcome.SIGNED,
+        Outcome.UNMASKED,
+    }
+)
+
+
+class NotAccepted(Rejected):
+    """The coordinator refuses this agent's *poll* (401/403): revoked, re-enrolled elsewhere,
+    or a clock too far off. (A refused protocol message is a plain `Rejected`.)"""
+
+
+class DaemonClient(CoordinatorClient):
+    """The coordinator client, telling a refused poll apart from a refused message."""
+
+    def work(self) -> WorkStatus:
+        try:
+            return super().work()
+        except Rejected as exc:
+            if exc.status in (401, 403):
+                raise NotAccepted(exc.status, exc.problem) from None
+            raise
+
+
+class ShutdownNow(BaseException):
+    """Raised from the signal handler to leave a stage that outlived its grace period.
+
+    A `BaseException`, so that no `except Exception` on the way swallows it."""
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter: initial · 2^n, capped, minus a random fraction."""
+
+    initial_s: float
+    max_s: float
+    jitter: float
+    failures: int = 0
+    _random: random.Random = field(default_factory=random.Random)
+
+    def next_wait(self) -> float:
+        ceiling = min(self.max_s, self.initial_s * 2.0**self.failures)
+        self.failures += 1
+        return ceiling * (1.0 - self.jitter * self._random.random())
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Shutdown:
+    """SIGTERM/SIGINT handling: the first asks to stop, the grace timer or a second forces."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.requested = threading.Event()
+        self.grace_s = grace_s
+        self.in_step = False
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        signal.signal(signal.SIGALRM, self._expired)
+
+    def uninstall(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.requested.is_set():
+            event(_log, "shutdown_forced", level=30, signal=name)
+            if self.in_step:
+                raise ShutdownNow(name)
+            return
+        self.requested.set()
+        event(_log, "shutdown_requested", signal=name, grace_s=self.grace_s)
+        if self.in_step and self.grace_s > 0:
+            signal.setitimer(signal.ITIMER_REAL, self.grace_s)
+        elif self.in_step:
+            raise ShutdownNow(name)
+
+    def _expired(self, signum: int, frame: FrameType | None) -> None:
+        if self.in_step:
+            event(_log, "shutdown_grace_expired", level=30, grace_s=self.grace_s)
+            raise ShutdownNow("grace period expired")
+
+
+class Daemon:
+    """The loop; `run()` returns the exit status."""
+
+    def __init__(
+        self,
+        participant: RoundParticipant,
+        work: AgentWork,
+        ledger: Ledger,
+        store: RoundStateStore,
+        config: AgentConfig,
+        *,
+        max_rounds: int | None = None,
+        shutdown: Shutdown | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self.participant = participant
+        self.work = work
+        self.ledger = ledger
+        self.store = store
+        self.settings = config.daemon
+        self.max_rounds = max_rounds
+        self.shutdown = shutdown or Shutdown(config.daemon.shutdown_grace_s)
+        self.backoff = Backoff(
+            config.daemon.backoff_initial_s,
+            config.daemon.backoff_max_s,
+            config.daemon.backoff_jitter,
+        )
+        self._sleep = sleep
+        self.finished: set[tuple[str, int]] = set()
+        self._unexpected = 0
+        self._refused_polls = 0
+        self._last: tuple[Outcome, int | None] | None = None
+
+    def _wait(self, seconds: float) -> None:
+        if self._sleep is not None:
+            self._sleep(seconds)
+        else:
+            self.shutdown.requested.wait(seconds)
+
+    def run(self) -> int:
+        federation = self.work.profile.federation
+        while not self.shutdown.requested.is_set():
+            try:
+                self.shutdown.in_step = True
+                result = self.participant.step()
+            except ShutdownNow:
+                event(_log, "stage_abandoned", level=30, reason="shutdown")
+                break
+            except TrainingInterrupted as exc:
+                event(_log, "training_abandoned", level=30, detail=str(exc))
+                break
+            except CoordinatorUnreachable as exc:
+                wait = self.backoff.next_wait()
+                event(
+                    _log,
+                    "coordinator_unreachable",
+                    level=30,
+                    detail=str(exc),
+                    retry_in_s=round(wait, 2),
+                    failures=self.backoff.failures,
+                )
+                self._between_steps(wait)
+                continue
+            except NotAccepted as exc:
+                self._refused_polls += 1
+                event(
+                    _log,
+                    "not_accepted",
+                    level=40,
+                    status=exc.status,
+                    detail=exc.detail,
+                    consecutive=self._refused_polls,
+                )
+                if self._refused_polls >= MAX_REFUSED_POLLS:
+                    self._stop_step()
+                    return EXIT_FAILURE
+                self._between_steps(self.backoff.next_wait())
+                continue
+            except Rejected as exc:
+                wait = self.backoff.next_wait()
+                event(
+                    _log,
+                    "request_rejected",
+                    level=30,
+                    status=exc.status,
+                    detail=exc.detail,
+                    retry_in_s=round(wait, 2),
+                )
+                self._between_steps(wait)
+                continue
+            except (StateCorrupted, DataError, TrainingError, DPError) as exc:
+                self._leave_current_round(f"{type(exc).__name__}: {exc}")
+                self._between_steps(self.backoff.next_wait())
+                continue
+            except (BadResponse, ClientError, AgentError, httpx.HTTPError) as exc:
+                wait = self.backoff.next_wait()
+                event(
+                    _log,
+                    "step_failed",
+                    level=30,
+                    error_type=type(exc).__name__,
+                    detail=str(exc),
+                    retry_in_s=round(wait, 2),
+                )
+                self._between_steps(wait)
+                continue
+            except Exception as exc:
+                self._unexpected += 1
+                event(
+                    _log,
+                    "unexpected_error",
+                    level=40,
+                    error_type=type(exc).__name__,
+                    detail=str(exc),
+                    consecutive=self._unexpected,
+                )
+                if self._unexpected >= MAX_UNEXPECTED_ERRORS:
+                    self._stop_step()
+                    return EXIT_FAILURE
+                self._between_steps(self.backoff.next_wait())
+                continue
+            self._stop_step()
+            self._unexpected = 0
+            self._refused_polls = 0
+            self.backoff.reset()
+            self._observe(federation, result)
+            if self.max_rounds is not None and len(self.finished) >= self.max_rounds:
+                event(_log, "max_rounds_reached", rounds=len(self.finished))
+                break
+            if result.outcome in _ACTIONS:
+                self._wait(ACTIVE_POLL_S)
+            else:
+                self._wait(min(self.settings.poll_interval_s, max(result.poll_after_s, 0.05)))
+        self._stop_step()
+        event(_log, "stopped", rounds_finished=len(self.finished))
+        return EXIT_OK
+
+    def _stop_step(self) -> None:
+        self.shutdown.in_step = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _between_steps(self, seconds: float) -> None:
+        self._stop_step()
+        self._wait(seconds)
+
+    def _observe(self, federation: str, result: StepResult) -> None:
+        """Log what happened (once per change) and keep the ledger's round status."""
+        number = result.round
+        changed = self._last != (result.outcome, number)
+        self._last = (result.outcome, number)
+        if number is None:
+            if changed:
+                event(_log, "idle", level=10)
+            return
+        if result.outcome in _ACTIONS:
+            event(_log, f"stage_{result.outcome.value}", round=number, stage=result.stage)
+        elif result.outcome is Outcome.DROPPED and changed:
+            self.ledger.finish(federation, number, RoundStatus.DROPPED, result.detail[:200])
+            event(_log, "round_dropped", level=30, round=number, detail=result.detail)
+        elif result.outcome is Outcome.COMPLETED:
+            if (federation, number) not in self.finished:
+                status = {
+                    "completed": RoundStatus.COMPLETED,
+                    "dropped": RoundStatus.DROPPED,
+                }.get(result.detail)
+                if status is not None:
+                    self.ledger.finish(federation, number, status)
+                self.work.forget(federation, number)
+                self.finished.add((federation, number))
+                event(
+                    _log,
+                    "round_completed",
+                    round=number,
+                    included=result.detail == "completed",
+                    my_status=result.detail,
+                    epsilon_spent=round(self.work.epsilon_spent(), 4),
+                    epsilon_budget=self.work.budget,
+                )
+        elif result.outcome is Outcome.FAILED:
+            if (federation, number) not in self.finished:
+                self.ledger.finish(federation, number, RoundStatus.FAILED, result.detail[:200])
+                self.work.forget(federation, number)
+                self.finished.add((federation, number))
+                event(_log, "round_failed", level=30, round=number, detail=result.detail)
+        elif result.outcome is Outcome.DECLINED and changed:
+            event(_log, "round_declined_waiting", round=number, detail=result.detail)
+        elif changed:
+            event(_log, "waiting", level=10, round=number, stage=result.stage, detail=result.detail)
+
+    def _leave_current_round(self, reason: str) -> None:
+        """Mark the round in progress as abandoned (the participant will not retry it)."""
+        current = self.work.current
+        event(_log, "round_left", level=40, round=current.round if current else None, detail=reason)
+        if current is None:
+            return
+        key = ParticipantState.key(current.federation, current.round)
+        state = ParticipantState(current.federation, current.round, abandoned=reason[:500])
+        try:
+            data = self.store.load(key)
+            if data is not None:
+                state = ParticipantState.from_bytes(data).with_(abandoned=reason[:500])
+        except (StateCorrupted, ValueError):
+            pass  # replaced by a fresh, abandoned state: the damaged one is never used
+        self.store.save(key, state.to_bytes())
+        self.ledger.finish(current.federation, current.round, RoundStatus.DROPPED, reason[:200])
+
+
+def _client(config: AgentConfig, enrollment: Enrollment, identity: object) -> DaemonClient:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    assert isinstance(identity, Ed25519PrivateKey)
+    verify: str | bool = (
+        str(config.coordinator.ca_bundle) if config.coordinator.ca_bundle is not None else True
+    )
+    return DaemonClient(
+        coordinator_url(config, enrollment),
+        identity,
+        enrollment.profile.key_id,
+        retries=CLIENT_RETRIES,
+        backoff_s=min(0.5, config.daemon.backoff_initial_s),
+        max_backoff_s=config.daemon.backoff_max_s,
+        timeout_s=config.coordinator.timeout_s,
+        transport=httpx.HTTPTransport(verify=verify),
+    )
+
+
+def run_daemon(config: AgentConfig, *, max_rounds: int | None = None, show_progress: bool) -> int:
+    """Set everything up from agent.toml and the state folder, then loop; the exit status."""
+    from agent.cli import check_local_data
+
+    enrollment = load_enrollment(config)
+    identity = load_identity(config.key_file, config.key_passphrase)
+    dataset = check_local_data(config, enrollment)
+    profile = enrollment.profile
+    shutdown = Shutdown(config.daemon.shutdown_grace_s)
+    shutdown.install()
+    try:
+        with Ledger.open(config.ledger_file) as ledger:
+            store = EncryptedFileStore(config.rounds_dir, identity)
+            work = AgentWork(
+                config,
+                profile,
+                dataset,
+                ledger,
+                store,
+                stop=shutdown.requested,
+                show_progress=show_progress,
+            )
+            with _client(config, enrollment, identity) as client:
+                participant = RoundParticipant(client, identity, store, work)
+                event(
+                    _log,
+                    "started",
+                    institution=profile.institution,
+                    federation=profile.federation,
+                    key_id=profile.key_id,
+                    coordinator=client.base_url,
+                    tasks_held=list(dataset.tasks_held),
+                    train_rows=dataset.n_train,
+                    validation_rows=dataset.n_validation,
+                    device=str(work.trainer.device),
+                    epsilon_budget=config.privacy.epsilon,
+                    epsilon_spent=round(work.epsilon_spent(), 4),
+                    accountant=config.privacy.accountant,
+                )
+                daemon = Daemon(
+                    participant,
+                    work,
+                    ledger,
+                    store,
+                    config,
+                    max_rounds=max_rounds,
+                    shutdown=shutdown,
+                )
+                return daemon.run()
+    finally:
+        shutdown.uninstall()
+
+
+__all__ = [
+    "Backoff",
+    "Daemon",
+    "DaemonClient",
+    "NotAccepted",
+    "Shutdown",
+    "ShutdownNow",
+    "run_daemon",
+]

@@ -1,0 +1,170 @@
+"""`benchmarks/heart_disease.py --service`: the same federation through the real service.
+
+Run from the repository root:
+
+    python benchmarks/heart_disease.py --service                 # seed 0, 10 rounds
+    python benchmarks/heart_disease.py --service --rounds 5 --seeds 0 1
+
+The in-process benchmark (`benchmarks.heart_disease.run_inprocess`) trains the heart-disease
+federation with the federation's own arithmetic (`federation.aggregation`), DP at the given
+budget, and no transport. This module runs the *same* spec, budget and seeds through the
+service — `fmtl demo`'s machinery: a coordinator process, four `fmtl agent run` processes,
+signed HTTP, secure aggregation, each hospital's own DP accountant and budget — then
+evaluates the service's final model exactly as the in-process run evaluates its own
+(`agent.training.LocalTrainer.evaluate` on each hospital's held-out split of that seed), and
+prints both side by side. Secure aggregation adds security, not error: its fixed-point
+encoding error is orders of magnitude below the DP noise, so the two agree within the noise
+of DP training (the DP noise itself is drawn from a secure source, so two runs never match
+bit for bit).
+
+Seeds follow the in-process convention: the seed sets the initial model, every hospital's
+train/validation split, and hospital i's training seed (seed * 100 + i).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from fmtl.demo_record import DemoRecord
+from fmtl.demo_run import FINAL_MODEL_FILE, DemoOptions, DemoRun, agent_seed
+
+#: (task, metric) -> institution (or "average") -> value.
+Taskwise = dict[tuple[str, str], dict[str, float]]
+AVERAGE = "average"
+#: Fewer rounds than the in-process default (30): each service round costs seconds.
+SERVICE_DEFAULT_ROUNDS = 10
+
+
+@dataclass(frozen=True)
+class ServiceRun:
+    record: DemoRecord
+    run_dir: Path
+    #: Per hospital: task -> metric -> value of the final model on its held-out split.
+    metrics: dict[str, dict[str, dict[str, float]]]
+
+    @property
+    def wall_s(self) -> float:
+        return self.record.wall_s or math.nan
+
+
+def evaluate_final_model(run_dir: Path, seed: int) -> dict[str, dict[str, dict[str, float]]]:
+    """The service's last model version on each hospital's held-out split of `seed`."""
+    from agent.training import LocalTrainer
+    from benchmarks.heart_disease import _datasets, load_example
+
+    spec, mappings = load_example()
+    raw = (run_dir / FINAL_MODEL_FILE).read_bytes()
+    vector = np.frombuffer(raw, dtype="<f4").astype(np.float64)
+    datasets = _datasets(spec, mappings, seed)
+    return {
+        name: LocalTrainer(spec, data, device="cpu", seed=agent_seed(seed, i)).evaluate(vector)
+        for i, (name, data) in enumerate(datasets.items())
+    }
+
+
+def run_service(
+    *,
+    rounds: int,
+    epsilon: float,
+    seed: int,
+    out: Path,
+    console: Console | None = None,
+) -> ServiceRun:
+    """Run `rounds` rounds through the service and evaluate its final model."""
+    options = DemoOptions(rounds=rounds, epsilon=epsilon, seed=seed, out=out)
+    outcome = DemoRun(options, console or Console()).run()
+    return ServiceRun(outcome.record, outcome.run_dir, evaluate_final_model(outcome.run_dir, seed))
+
+
+def with_average(per_hospital: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Taskwise:
+    """(task, metric) -> hospital -> value, plus the mean over hospitals (the in-process
+    benchmark's convention)."""
+    out: Taskwise = {}
+    for hospital, tasks in per_hospital.items():
+        for task, metrics in tasks.items():
+            for metric, value in metrics.items():
+                out.setdefault((task, metric), {})[hospital] = value
+    for cell in out.values():
+        values = [v for v in cell.values() if math.isfinite(v)]
+        if values:
+            cell[AVERAGE] = sum(values) / len(values)
+    return out
+
+
+def comparison_table(
+    inprocess: Taskwise, service: Taskwise, *, title: str, hospitals: list[str]
+) -> Table:
+    table = Table(title=title)
+    for column in ("task", "metric", "who", "in-process", "service", "difference"):
+        table.add_column(column, justify="left" if column in ("task", "metric", "who") else "right")
+    for key in sorted(set(inprocess) | set(service)):
+        task, metric = key
+        left: Mapping[str, float] = inprocess.get(key, {})
+        right: Mapping[str, float] = service.get(key, {})
+        for who in [*hospitals, AVERAGE]:
+            if who not in left and who not in right:
+                continue
+            a, b = left.get(who), right.get(who)
+            diff = "" if a is None or b is None else f"{b - a:+.3f}"
+            table.add_row(
+                task,
+                metric,
+                f"[bold]{who}[/bold]" if who == AVERAGE else who,
+                "-" if a is None else f"{a:.3f}",
+                "-" if b is None else f"{b:.3f}",
+                diff,
+            )
+    return table
+
+
+def main_service(seeds: list[int] | None, rounds: int | None, epsilon: float) -> int:
+    """Both runs per seed, side by side; the last line compares disease AUC."""
+    import torch
+
+    from benchmarks.heart_disease import HEADLINE, HOSPITALS, load_example, run_inprocess
+
+    console = Console()
+    seeds = seeds or [0]
+    rounds = rounds or SERVICE_DEFAULT_ROUNDS
+    torch.set_num_threads(1)
+    spec, mappings = load_example()
+    task, metric = HEADLINE
+    pairs: list[tuple[float, float]] = []
+    with TemporaryDirectory(prefix="fmtl-service-") as scratch:
+        for seed in seeds:
+            started = time.perf_counter()
+            inprocess = run_inprocess(spec, mappings, rounds, epsilon, seed)
+            inprocess_s = time.perf_counter() - started
+            service = run_service(
+                rounds=rounds, epsilon=epsilon, seed=seed, out=Path(scratch) / f"seed-{seed}",
+                console=console,
+            )  # fmt: skip
+            left = with_average(inprocess)
+            right = with_average(service.metrics)
+            console.print(
+                comparison_table(
+                    left,
+                    right,
+                    title=f"seed {seed}: {rounds} rounds, ε = {epsilon:g} per hospital — "
+                    f"in-process ({inprocess_s:.0f} s) vs service ({service.wall_s:.0f} s)",
+                    hospitals=list(HOSPITALS),
+                )
+            )
+            pairs.append((left[(task, metric)][AVERAGE], right[(task, metric)][AVERAGE]))
+    a = statistics.fmean(p[0] for p in pairs)
+    b = statistics.fmean(p[1] for p in pairs)
+    print(
+        f"heart_disease --service: {task}_{metric} inprocess={a:.3f} service={b:.3f} "
+        f"difference={b - a:+.3f} (seeds {seeds}, {rounds} rounds, epsilon {epsilon:g})"
+    )
+    return 0

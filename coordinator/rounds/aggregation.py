@@ -1,0 +1,304 @@
+"""Aggregating a round: unmask the sum slice by slice, then apply it as the next model.
+
+DESIGN.md, "One round", steps 6-7. When unmasking closes, the engine stores the
+`UnmaskPlan` and cuts [0, d) into `UnmaskSlice` rows. Each slice is one Celery task
+(`unmask_slice`, sent as a group): it takes a lease on its row, reads the same coordinate
+range of every survivor's stored upload (ranged blob reads), adds them mod 2^k, removes the
+masks (`privacy.secagg.unmask_slice`, AES-CTR is seekable) and stores the slice of the sum
+as a blob. A worker killed mid-slice leaves the lease to expire, after which the tick sends
+the slice again; a slice done twice writes the same bytes (blobs are write-once and accept
+identical content). The last slice to finish sends `finish`, which decodes the sum, applies
+the federation's strategy (`federation.aggregation.apply_sums`), stores the new model
+version, records task-wise results and privacy spend, and completes the round.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import timedelta
+
+import numpy as np
+import sqlalchemy as sa
+
+from coordinator.audit import service as audit
+from coordinator.audit.models import AuditAction
+from coordinator.blobs.store import BlobNotFound
+from coordinator.db import utcnow
+from coordinator.federations.models import Federation
+from coordinator.institutions.models import Institution
+from coordinator.ledger.service import SpendReport, record_spend
+from coordinator.model_versions.service import (
+    get_version,
+    latest_version_number,
+    model_blob_key,
+    store_model_version,
+)
+from coordinator.results.service import MetricValue, record_task_metrics
+from coordinator.rounds import engine, service
+from coordinator.rounds.engine import FINISH_TASK, Followup
+from coordinator.rounds.models import (
+    MaskedUpdate,
+    Participant,
+    ParticipantStatus,
+    Round,
+    RoundRecord,
+    RoundRecordKind,
+    RoundStage,
+    SliceState,
+    UnmaskSlice,
+)
+from coordinator.rounds.protocol import training_reports
+from coordinator.runtime import Runtime
+from federation.aggregation import ServerState, apply_sums
+from federation.errors import FederationError
+from federation.layout import ParameterLayout
+from federation.round_api import masked_slice_range, update_codec
+from federation.spec import Strategy
+from privacy.secagg import SecAggError, add_masked, ring_dtype, unmask_slice
+
+logger = logging.getLogger(__name__)
+
+
+def _slice_blob_key(federation: Federation, round_: Round, index: int) -> str:
+    return f"rounds/{federation.name}/{round_.number:06d}/sum/{index:06d}.bin"
+
+
+def _server_state_key(federation: Federation, version: int) -> str:
+    return f"models/{federation.name}/v{version:06d}.server-state"
+
+
+def unmask_one_slice(runtime: Runtime, round_id: int, index: int) -> list[Followup]:
+    """Unmask slice `index` of the round, unless it is done or another worker holds it."""
+    settings, blobs = runtime.settings, runtime.blobs
+    now = utcnow()
+    with runtime.db.scope() as session:
+        taken = session.execute(
+            sa.update(UnmaskSlice)
+            .where(
+                UnmaskSlice.round_id == round_id,
+                UnmaskSlice.index == index,
+                UnmaskSlice.state == SliceState.PENDING,
+                sa.or_(UnmaskSlice.lease_expires_at.is_(None), UnmaskSlice.lease_expires_at <= now),
+            )
+            .values(
+                lease_expires_at=now + timedelta(seconds=settings.slice_lease_s),
+                attempts=UnmaskSlice.attempts + 1,
+            )
+        )
+        session.commit()
+        if getattr(taken, "rowcount", 0) != 1:
+            return []
+        round_ = session.get_one(Round, round_id)
+        if round_.stage is not RoundStage.AGGREGATING:
+            return []
+        federation = session.get_one(Federation, round_.federation_id)
+        slice_row = session.scalars(
+            sa.select(UnmaskSlice).where(
+                UnmaskSlice.round_id == round_id, UnmaskSlice.index == index
+            )
+        ).one()
+        start, stop = int(slice_row.start), int(slice_row.stop)
+        plan = engine.unmask_plan(session, round_)
+        uploads = engine.uploaders(session, round_)
+        keys = [uploads[pid].blob_key for pid in plan.survivors]
+        key = _slice_blob_key(federation, round_, index)
+        subject = f"round:{federation.name}/{round_.number}"
+    dtype = ring_dtype(plan.bits)
+    total = np.zeros(stop - start, dtype=dtype)
+    first, last = masked_slice_range(start, stop, plan.bits)
+    little = dtype.newbyteorder("<")
+    for blob_key in keys:
+        raw = blobs.read_range(blob_key, first, last)
+        add_masked(total, np.frombuffer(raw, dtype=little).astype(dtype))
+    unmask_slice(plan, total, start, stop, in_place=True)
+    content = total.astype(little, copy=False).tobytes()
+    ref = blobs.write(key, [content], max_size=len(content), expected_size=len(content))
+    with runtime.db.scope() as session:
+        locked = engine.lock_round(session, round_id)
+        if locked is None or locked.stage is not RoundStage.AGGREGATING:
+            return []
+        row = session.scalars(
+            sa.select(UnmaskSlice).where(
+                UnmaskSlice.round_id == round_id, UnmaskSlice.index == index
+            )
+        ).one()
+        if row.state is SliceState.PENDING:
+            row.state = SliceState.DONE
+            row.blob_key = ref.key
+            row.sha256 = ref.sha256
+            row.finished_at = utcnow()
+            audit.record(
+                session,
+                audit.SYSTEM,
+                AuditAction.ROUND_SLICE_UNMASKED,
+                subject,
+                {"slice": index, "start": start, "stop": stop, "sha256": ref.sha256},
+            )
+        pending = session.scalar(
+            sa.select(sa.func.count())
+            .select_from(UnmaskSlice)
+            .where(UnmaskSlice.round_id == round_id, UnmaskSlice.state == SliceState.PENDING)
+        )
+        session.commit()
+    return [Followup(FINISH_TASK, (round_id,))] if pending == 0 else []
+
+
+def finish(runtime: Runtime, round_id: int) -> list[Followup]:
+    """Decode the sum, store the next model version, record results and spend, complete."""
+    blobs = runtime.blobs
+    with runtime.db.scope() as session:
+        round_ = engine.lock_round(session, round_id)
+        if round_ is None or round_.stage is not RoundStage.AGGREGATING:
+            return []
+        slices = session.scalars(
+            sa.select(UnmaskSlice)
+            .where(UnmaskSlice.round_id == round_id)
+            .order_by(UnmaskSlice.index)
+        ).all()
+        if any(s.state is not SliceState.DONE for s in slices):
+            return []
+        federation = session.get_one(Federation, round_.federation_id)
+        spec = federation.spec
+        config = engine.round_config(session, round_)
+        plan = engine.unmask_plan(session, round_)
+        dtype = ring_dtype(config.bits)
+        little = dtype.newbyteorder("<")
+        total = np.concatenate(
+            [
+                np.frombuffer(
+                    blobs.read_range(s.blob_key or "", 0, (s.stop - s.start) * dtype.itemsize),
+                    dtype=little,
+                )
+                for s in slices
+            ]
+        ).astype(dtype)
+        base = round_.base_version or 0
+        try:
+            sums = update_codec(spec, config.n).decode_sum(total).segments
+            base_row = get_version(session, federation.name, base)
+            global_vector = np.frombuffer(
+                blobs.read_range(base_row.blob_key, 0, base_row.size_bytes), dtype="<f4"
+            ).astype(np.float64)
+            state = ServerState()
+            if spec.aggregation.strategy is Strategy.FEDADAM:
+                try:
+                    ref = blobs.stat(_server_state_key(federation, base))
+                    state = ServerState.from_bytes(
+                        blobs.read_range(ref.key, 0, ref.size), global_vector.shape[0]
+                    )
+                except BlobNotFound:
+                    state = ServerState()
+            new_vector, new_state, report = apply_sums(spec, global_vector, sums, state)
+        except (SecAggError, FederationError) as exc:
+            engine.fail(session, round_, f"aggregating: {exc}")
+            session.commit()
+            return []
+        version = (latest_version_number(session, federation) or 0) + 1
+        content = new_vector.astype("<f4").tobytes()
+        blob = blobs.write(
+            model_blob_key(federation, version),
+            [content],
+            max_size=len(content),
+            expected_size=len(content),
+        )
+        if spec.aggregation.strategy is Strategy.FEDADAM:
+            state_bytes = new_state.to_bytes()
+            blobs.write(
+                _server_state_key(federation, version),
+                [state_bytes],
+                max_size=len(state_bytes),
+                expected_size=len(state_bytes),
+            )
+        store_model_version(
+            session,
+            federation,
+            version=version,
+            blob=blob,
+            layout_fingerprint=ParameterLayout.model(spec).fingerprint,
+            actor=audit.SYSTEM,
+            round_id=round_.id,
+        )
+        survivors = set(plan.survivors)
+        _record_results(session, round_, survivors)
+        for participant in round_.participants:
+            if participant.secagg_id in survivors:
+                participant.status = ParticipantStatus.COMPLETED
+        service.enter_stage(
+            session,
+            round_,
+            RoundStage.COMPLETED,
+            actor=audit.SYSTEM,
+            responders=len(survivors),
+        )
+        # The plan's seeds with one stored upload would unmask more than the sum: drop both.
+        session.execute(
+            sa.delete(RoundRecord).where(
+                RoundRecord.round_id == round_.id, RoundRecord.kind == RoundRecordKind.UNMASK_PLAN
+            )
+        )
+        upload_keys = list(
+            session.scalars(
+                sa.select(MaskedUpdate.blob_key)
+                .join(Participant, MaskedUpdate.participant_id == Participant.id)
+                .where(Participant.round_id == round_.id)
+            )
+        )
+        slice_keys = [s.blob_key for s in slices if s.blob_key]
+        session.commit()
+        logger.info(
+            "round %s completed: model version %s (parts updated: %s)",
+            round_id,
+            version,
+            ", ".join(report.updated_parts),
+        )
+    engine.delete_round_blobs(blobs, [*upload_keys, *slice_keys])
+    return []
+
+
+def _record_results(session: sa.orm.Session, round_: Round, survivors: set[int]) -> None:
+    """Per-institution metrics of the survivors, their averages, and everyone's spend."""
+    reports = training_reports(session, round_)
+    by_id = {p.id: p for p in round_.participants}
+    totals: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
+    for participant_id, report in sorted(reports.items()):
+        participant = by_id[participant_id]
+        institution = session.get_one(Institution, participant.institution_id)
+        actor = audit.Actor(audit.ActorKind.INSTITUTION, str(institution.id))
+        if report.spend is not None:
+            spend = report.spend
+            record_spend(
+                session,
+                round_,
+                institution,
+                SpendReport(
+                    noise_multiplier=spend.noise_multiplier,
+                    sample_rate=spend.sample_rate,
+                    steps=spend.steps,
+                    delta=spend.delta,
+                    epsilon=spend.epsilon,
+                    budget_epsilon=spend.budget_epsilon,
+                ),
+                actor=actor,
+            )
+        if participant.secagg_id not in survivors:
+            continue
+        values = [
+            MetricValue(task, metric, value, task_report.n_validation or None)
+            for task, task_report in sorted(report.tasks.items())
+            for metric, value in sorted(task_report.metrics.items())
+        ]
+        if values:
+            record_task_metrics(session, round_, values, actor=actor, institution=institution)
+        for value in values:
+            totals[(value.task, value.metric)].append((value.value, value.n_samples or 0))
+    averages = []
+    for (task, metric), items in sorted(totals.items()):
+        weight = sum(n for _, n in items)
+        if weight > 0:
+            mean = sum(v * n for v, n in items) / weight
+        else:
+            mean = sum(v for v, _ in items) / len(items)
+        averages.append(MetricValue(task, metric, mean, weight or None))
+    if averages:
+        record_task_metrics(session, round_, averages, actor=audit.SYSTEM)

@@ -1,0 +1,205 @@
+"""The demo's material: the heart-disease federation spec and one data mapping per hospital.
+
+The example lives in `examples/heart_disease/` of the source tree (with `pip install -e .`
+the package finds it beside itself); `--example DIR` points at a copy anywhere else. A
+folder qualifies when it holds `federation.json` and at least one `mapping_<hospital>.toml`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from fmtl.demo_processes import DemoError
+
+EXAMPLE_NAME: Final = "heart_disease"
+SPEC_FILE: Final = "federation.json"
+MAPPING_PREFIX: Final = "mapping_"
+
+
+@dataclass(frozen=True)
+class Hospital:
+    """One institution of the example: its data mapping and the tasks it holds labels for."""
+
+    name: str
+    mapping_file: Path
+    mapping: dict[str, Any]
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.mapping.get("labels", {}))
+
+
+@dataclass(frozen=True)
+class Example:
+    folder: Path
+    spec: dict[str, Any]
+    hospitals: tuple[Hospital, ...]
+
+    @property
+    def task_kinds(self) -> dict[str, str]:
+        return {task["name"]: task["kind"] for task in self.spec.get("tasks", [])}
+
+
+def candidate_folders() -> list[Path]:
+    """Where the example may be, most specific first."""
+    package = Path(__file__).resolve().parent
+    return [
+        package.parent / "examples" / EXAMPLE_NAME,  # source tree, `pip install -e .`
+        package / "examples" / EXAMPLE_NAME,  # shipped inside the package
+        Path.cwd() / "examples" / EXAMPLE_NAME,
+    ]
+
+
+def locate_example(explicit: Path | None = None) -> Path:
+    if explicit is not None:
+        if not (explicit / SPEC_FILE).is_file():
+            raise DemoError(
+                f"{explicit} has no {SPEC_FILE}: --example must name the example folder"
+            )
+        return explicit.resolve()
+    for folder in candidate_folders():
+        if (folder / SPEC_FILE).is_file():
+            return folder
+    raise DemoError(
+        f"cannot find examples/{EXAMPLE_NAME}/{SPEC_FILE} (looked in "
+        f"{', '.join(str(f) for f in candidate_folders())}): run from the source tree or pass "
+        "--example DIR"
+    )
+
+
+def load_example(folder: Path) -> Example:
+    try:
+        spec = json.loads((folder / SPEC_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DemoError(f"cannot read {folder / SPEC_FILE}: {exc}") from None
+    hospitals = []
+    for file in sorted(folder.glob(f"{MAPPING_PREFIX}*.toml")):
+        try:
+            mapping = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise DemoError(f"cannot read {file}: {exc}") from None
+        hospitals.append(Hospital(file.stem.removeprefix(MAPPING_PREFIX), file, mapping))
+    if not hospitals:
+        raise DemoError(f"{folder} has no {MAPPING_PREFIX}<hospital>.toml data mappings")
+    return Example(folder=folder, spec=spec, hospitals=tuple(hospitals))
+
+
+def demo_spec(
+    example: Example,
+    *,
+    name: str,
+    rounds: int,
+    seed: int,
+    stage_timeout_s: float,
+    local_epochs: float | None = None,
+    secure: bool = True,
+) -> dict[str, Any]:
+    """The example's spec, fitted to this run: its name, planned rounds, seed and deadlines.
+
+    `dp.planned_rounds` = rounds, so that each hospital's agent spreads its budget over
+    exactly the rounds the demo runs. Rounds start on request (no interval), need three of
+    the four hospitals (so one may drop out), and every stage has a short deadline, so a
+    dropout costs seconds, not the production default of minutes.
+    """
+    spec: dict[str, Any] = json.loads(json.dumps(example.spec))  # a deep copy
+    spec["name"] = name
+    spec.setdefault("model", {})["init_seed"] = seed
+    spec.setdefault("dp", {})["planned_rounds"] = rounds
+    schedule = spec.setdefault("schedule", {})
+    schedule["stage_timeout_s"] = stage_timeout_s
+    schedule.pop("round_interval_s", None)
+    n = len(example.hospitals)
+    schedule["max_participants"] = max(n, 2)
+    schedule["min_participants"] = max(2, min(schedule.get("min_participants", n - 1), n - 1))
+    if local_epochs is not None:
+        spec.setdefault("training", {})["local_epochs"] = local_epochs
+    if not secure:
+        spec.setdefault("secagg", {})["mode"] = "plain"
+    return spec
+
+
+# --- agent.toml -------------------------------------------------------------------------------
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("TOML here holds finite numbers only")
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
+    if isinstance(value, Path):
+        return json.dumps(str(value), ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        return (
+            "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        )
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _toml_key(key: str) -> str:
+    bare = key.replace("_", "").replace("-", "").isalnum() and key.isascii()
+    return key if bare else json.dumps(key)
+
+
+def to_toml(document: Mapping[str, Mapping[str, object]], header: str = "") -> str:
+    """A TOML document of top-level tables (values may be inline tables and arrays)."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for section, values in document.items():
+        lines.append("")
+        lines.append(f"[{_toml_key(section)}]")
+        lines.extend(f"{_toml_key(key)} = {_toml_value(value)}" for key, value in values.items())
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def agent_config(
+    hospital: Hospital,
+    *,
+    coordinator_url: str,
+    state_dir: Path,
+    epsilon: float,
+    delta: float,
+    accountant: str,
+    seed: int,
+    poll_interval_s: float,
+    split_seed: int | None = None,
+) -> str:
+    """The agent.toml of one hospital: its data mapping, its own budget, its state folder.
+
+    `seed` seeds the agent's training (data order, initialisation); `split_seed`, when
+    given, replaces the mapping's seed of its train/validation split.
+    """
+    data = dict(hospital.mapping)
+    data["path"] = str((hospital.mapping_file.parent / str(data["path"])).resolve())
+    if split_seed is not None:
+        data["split_seed"] = split_seed
+    document: dict[str, Mapping[str, object]] = {
+        "coordinator": {"url": coordinator_url},
+        "state": {"dir": str(state_dir)},
+        "data": data,
+        "privacy": {"epsilon": epsilon, "delta": delta, "accountant": accountant},
+        "training": {"device": "cpu", "seed": seed},
+        "daemon": {
+            "poll_interval_s": poll_interval_s,
+            "backoff_initial_s": 0.2,
+            "backoff_max_s": 2.0,
+            "shutdown_grace_s": 5.0,
+        },
+    }
+    return to_toml(
+        document,
+        header=f"agent.toml of {hospital.name}, written by `fmtl demo`\n"
+        "(see docs/agent.md for every setting)",
+    )

@@ -1,0 +1,121 @@
+"""What one demo run recorded: everything the report and the service benchmark read.
+
+It is built only from what the coordinator's API returned (rounds with their stages,
+task-wise results, the privacy ledger, the audit verification) plus the demo's own events
+(an agent killed, restarted), and saved as `record.json` beside the report.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fmtl.admin_client import AuditVerification, LedgerEntry, ResultInfo, RoundInfo
+
+#: Counts reported beside the metrics (validation samples), not metrics to plot.
+NOT_METRICS = frozenset({"n"})
+#: The metric each task's learning curve leads with, by preference.
+PRIMARY_METRICS = ("auc", "accuracy", "mae", "rmse")
+
+
+class HospitalRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    tasks: list[str]
+    institution_id: int | None = None
+    budget_epsilon: float | None = None
+
+
+class DemoEvent(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    round: int | None
+    what: str
+
+
+class DemoRecord(BaseModel):
+    """One run of `fmtl demo`, as recorded from the coordinator's API."""
+
+    federation: str
+    stack: str = Field(description="'embedded (SQLite, in-process worker)' or the production one.")
+    started_at: datetime
+    finished_at: datetime | None = None
+    settings: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    tasks: dict[str, str] = Field(default_factory=dict, description="task -> kind")
+    hospitals: list[HospitalRecord] = Field(default_factory=list)
+    rounds: list[RoundInfo] = Field(default_factory=list)
+    results: list[ResultInfo] = Field(default_factory=list)
+    ledger: list[LedgerEntry] = Field(default_factory=list)
+    events: list[DemoEvent] = Field(default_factory=list)
+    audit: AuditVerification | None = None
+    #: The model version saved as `final_model.f32` in the run folder.
+    final_model_version: int | None = None
+
+    @property
+    def wall_s(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.model_dump_json(indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> DemoRecord:
+        return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+    def metrics_of(self, task: str) -> list[str]:
+        """The metrics recorded for a task, the primary one first."""
+        found = {
+            item.metric
+            for item in self.results
+            if item.task == task and item.metric not in NOT_METRICS
+        }
+        ordered = [m for m in PRIMARY_METRICS if m in found]
+        return ordered + sorted(found - set(ordered))
+
+    def curve(self, task: str, metric: str) -> dict[str, list[tuple[int, float]]]:
+        """Per institution (and 'average', sample-weighted unless recorded federation-wide):
+        (round, value) points of one task's metric."""
+        per: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        sums: dict[int, list[tuple[float, int]]] = defaultdict(list)
+        recorded_average: dict[int, float] = {}
+        for item in sorted(self.results, key=lambda r: r.round):
+            if item.task != task or item.metric != metric:
+                continue
+            if item.institution is None:
+                recorded_average[item.round] = item.value
+                continue
+            per[item.institution].append((item.round, item.value))
+            sums[item.round].append((item.value, item.n_samples or 1))
+        average = dict(recorded_average)
+        for number, values in sums.items():
+            if number not in average:
+                total = sum(weight for _, weight in values)
+                average[number] = sum(value * weight for value, weight in values) / total
+        curves = dict(sorted(per.items()))
+        if average:
+            curves["average"] = sorted(average.items())
+        return curves
+
+    def epsilon_curves(self) -> dict[str, list[tuple[int, float]]]:
+        """Each institution's cumulative ε (as the coordinator recomputed it) per round."""
+        per: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        for entry in sorted(self.ledger, key=lambda e: e.round):
+            per[entry.institution].append((entry.round, entry.recomputed_epsilon))
+        return dict(sorted(per.items()))
+
+    def budgets(self) -> dict[str, float]:
+        out = {h.name: h.budget_epsilon for h in self.hospitals if h.budget_epsilon is not None}
+        for entry in self.ledger:
+            if entry.budget_epsilon is not None:
+                out.setdefault(entry.institution, entry.budget_epsilon)
+        return out
+
+    def institution_names(self) -> dict[int, str]:
+        return {h.institution_id: h.name for h in self.hospitals if h.institution_id is not None}

@@ -1,0 +1,127 @@
+"""`fmtl demo` end to end: a real coordinator and four real agent processes on loopback.
+
+Each test runs the command a user runs, with small settings (2 rounds, short deadlines),
+then checks what the user relies on: it exits 0, the report exists and holds a learning
+curve per task, and every hospital's results and privacy spend were recorded for every
+round it took part in. The production variant runs the same demo on PostgreSQL with a Redis
+broker and separate worker and beat processes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fmtl.demo_example import load_example, locate_example
+from fmtl.demo_record import DemoRecord
+
+pytestmark = pytest.mark.integration
+
+#: A two-round demo takes well under this on two cores; a hang fails instead of blocking CI.
+DEMO_TIMEOUT_S = 420
+FAST = ["--rounds", "2", "--stage-timeout", "20", "--epsilon", "6"]
+
+
+def _demo(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FMTL_")}
+    return subprocess.run(
+        [sys.executable, "-m", "fmtl", "demo", "--out", str(out), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_S,
+        check=False,
+    )
+
+
+def _check_run(out: Path, done: subprocess.CompletedProcess[str], rounds: int) -> DemoRecord:
+    assert done.returncode == 0, f"demo failed:\n{done.stderr[-3000:]}\n{done.stdout[-3000:]}"
+    report = out / "report.html"
+    assert str(report) in done.stdout.replace("\n", "")
+    page = report.read_text(encoding="utf-8")
+    example = load_example(locate_example())
+    for task in example.task_kinds:
+        assert f'aria-label="{task}: ' in page, f"no learning curve for {task}"
+    assert 'aria-label="Cumulative ε per hospital' in page
+    assert 'aria-label="Round timeline"' in page
+
+    record = DemoRecord.load(out / "record.json")
+    assert [r.number for r in record.rounds] == list(range(1, rounds + 1))
+    assert all(r.stage == "completed" for r in record.rounds)
+    names = record.institution_names()
+    for round_info in record.rounds:
+        in_sum = {
+            names[p.institution_id] for p in round_info.participant_list if p.status == "completed"
+        }
+        assert len(in_sum) >= round_info.threshold if round_info.threshold else 3
+        for hospital in example.hospitals:
+            if hospital.name not in in_sum:
+                continue
+            for task in hospital.tasks:
+                values = [
+                    r
+                    for r in record.results
+                    if r.round == round_info.number
+                    and r.institution == hospital.name
+                    and r.task == task
+                ]
+                assert values, f"no result for {hospital.name}/{task} in round {round_info.number}"
+    # Every hospital's ε grows with each round it trains in, stays within its budget, and
+    # the coordinator's recomputation agrees with what the agent reported.
+    for hospital in example.hospitals:
+        spent = sorted(
+            (e.round, e.recomputed_epsilon) for e in record.ledger if e.institution == hospital.name
+        )
+        assert spent, f"no privacy spend recorded for {hospital.name}"
+        epsilons = [eps for _, eps in spent]
+        assert epsilons == sorted(epsilons)
+        assert epsilons[-1] <= 6.0 + 1e-9
+    assert not [e for e in record.ledger if e.mismatch]
+    assert record.audit is not None
+    assert record.audit.ok
+    # Child logs are files in the run folder, and no secret reached them.
+    logs = {p.name for p in (out / "logs").iterdir()}
+    assert {"coordinator.log", "agent-cleveland.log", "agent-va.log"} <= logs
+    for log in (out / "logs").iterdir():
+        text = log.read_text(errors="replace")
+        assert "fmtl_enroll_" not in text
+        assert "fmtl_api_" not in text
+    return record
+
+
+def test_demo_runs_rounds_with_four_agent_processes_and_writes_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = _demo(out, *FAST)
+    record = _check_run(out, done, rounds=2)
+    assert all(r.participants == 4 for r in record.rounds)
+    assert "task-wise results" in done.stdout
+    assert "Privacy spend" in done.stdout
+
+
+def test_demo_recovers_from_an_agent_killed_after_share_keys(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = _demo(out, *FAST, "--agents-drop-at", "masked_input", "--drop-round", "1")
+    record = _check_run(out, done, rounds=2)
+    first, second = record.rounds
+    names = record.institution_names()
+    dropped = [names[p.institution_id] for p in first.participant_list if p.status == "dropped"]
+    assert dropped == ["va"]
+    # The restarted agent takes part again in the next round.
+    assert {
+        names[p.institution_id] for p in second.participant_list if p.status == "completed"
+    } == set(names.values())
+    assert any("killed the agent of va" in e.what for e in record.events)
+
+
+def test_demo_on_postgresql_redis_and_a_worker_process(
+    tmp_path: Path, postgres_url: str, redis_url: str
+) -> None:
+    out = tmp_path / "run"
+    done = _demo(out, *FAST, "--postgres", postgres_url, "--redis", redis_url)
+    record = _check_run(out, done, rounds=2)
+    assert record.stack.startswith("PostgreSQL, Redis broker")
+    assert (out / "logs" / "coordinator-worker.log").is_file()

@@ -1,0 +1,276 @@
+"""The round engine end to end on SQLite, agents speaking signed HTTP to the app in-process.
+
+Celery is not involved here: the tests run the engine's tasks themselves (`drain`), which is
+exactly what a worker would do with the same database. The integration tests do the same
+with real worker processes, PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from agent.coordinator_client import CoordinatorClient, Rejected
+from agent.round_participant import Outcome, RoundParticipant
+from agent.round_state import InMemoryRoundStateStore
+from coordinator import tasks
+from coordinator.audit import service as audit
+from coordinator.audit.models import AuditAction, AuditEntry
+from coordinator.db import utcnow
+from coordinator.federations.models import Federation
+from coordinator.model_versions.service import get_version
+from coordinator.rounds import engine
+from coordinator.rounds.engine import ADVANCE_TASK, FINISH_TASK, SLICE_TASK, Followup
+from coordinator.rounds.models import ParticipantStatus, Round, RoundStage
+from coordinator.runtime import Runtime
+from coordinator.settings import Settings
+from federation.layout import ParameterLayout
+from tests.round_support import FixedDeltaWork, expected_model, small_deltas
+
+from .conftest import TEST_ACTOR, EnrolledAgent, enroll_agent
+
+TASKS_HELD = (("disease", "severity"), ("disease",), ("severity", "max_heart_rate"))
+
+
+def drain(runtime: Runtime, followups: list[Followup] | tuple[Followup, ...] = ()) -> None:
+    """Run the engine's follow-up tasks (and one tick) as a worker would, deadlines aside."""
+    queue = [*followups, *tasks.tick(runtime).followups]
+    while queue:
+        followup = queue.pop(0)
+        if followup.countdown is not None and followup.task == ADVANCE_TASK:
+            continue  # a deadline: tests move the clock explicitly
+        if followup.task == ADVANCE_TASK:
+            queue += tasks.advance_round(runtime, *followup.args)
+        elif followup.task == SLICE_TASK:
+            queue += tasks.unmask_slice(runtime, *followup.args)
+        elif followup.task == FINISH_TASK:
+            queue += tasks.finish_round(runtime, *followup.args)
+
+
+@pytest.fixture
+def small_slices(settings: Settings) -> Settings:
+    return settings.model_copy(update={"unmask_slice_coordinates": 1024})
+
+
+@pytest.fixture
+def round_app(small_slices: Settings, runtime: Runtime) -> FastAPI:
+    from coordinator.app import create_app
+
+    runtime.settings = small_slices
+    app = create_app(small_slices, start_embedded_worker=False)
+    app.state.runtime = runtime
+    return app
+
+
+@pytest.fixture
+def http(round_app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(round_app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def agents(session: Session, settings: Settings, federation: Federation) -> list[EnrolledAgent]:
+    return [
+        enroll_agent(session, settings, federation.name, f"site_{i}", held)
+        for i, held in enumerate(TASKS_HELD)
+    ]
+
+
+def participant(http: TestClient, agent: EnrolledAgent, work: FixedDeltaWork) -> RoundParticipant:
+    client = CoordinatorClient(
+        "http://testserver",
+        agent.private_key,
+        agent.institution.key_id,
+        transport=http._transport,
+        retries=0,
+    )
+    return RoundParticipant(client, agent.private_key, InMemoryRoundStateStore(), work)
+
+
+def works_for(federation: Federation, count: int) -> list[FixedDeltaWork]:
+    spec = federation.spec
+    deltas = small_deltas(spec, count)
+    return [
+        FixedDeltaWork(spec, deltas[i], dict.fromkeys(TASKS_HELD[i % 3], 10)) for i in range(count)
+    ]
+
+
+def run_until(
+    runtime: Runtime, parts: list[RoundParticipant], stage: RoundStage, round_id: int
+) -> Round:
+    for _ in range(20):
+        for part in parts:
+            part.step()
+        drain(runtime)
+        with runtime.db.scope() as session:
+            found = session.get_one(Round, round_id)
+            if found.stage is stage or found.stage in (RoundStage.COMPLETED, RoundStage.FAILED):
+                session.expunge(found)
+                return found
+    raise AssertionError(f"round {round_id} never reached {stage.value}")
+
+
+def start(runtime: Runtime, federation: Federation) -> int:
+    with runtime.db.scope() as session:
+        round_, followups = engine.start_round(
+            session, runtime.blobs, runtime.settings, federation.name, actor=TEST_ACTOR
+        )
+        round_id = round_.id
+    drain(runtime, followups)
+    return round_id
+
+
+def stored_model(runtime: Runtime, federation: Federation, version: int) -> np.ndarray:  # type: ignore[type-arg]
+    with runtime.db.scope() as session:
+        row = get_version(session, federation.name, version)
+        content = runtime.blobs.read_range(row.blob_key, 0, row.size_bytes)
+    return np.frombuffer(content, dtype="<f4").astype(np.float64)
+
+
+def test_a_complete_round_stores_the_aggregate_of_the_agents_updates(
+    runtime: Runtime, http: TestClient, federation: Federation, agents: list[EnrolledAgent]
+) -> None:
+    works = works_for(federation, 3)
+    parts = [participant(http, a, w) for a, w in zip(agents, works, strict=True)]
+    round_id = start(runtime, federation)
+    done = run_until(runtime, parts, RoundStage.COMPLETED, round_id)
+    assert done.stage is RoundStage.COMPLETED, done.failure_reason
+    base = stored_model(runtime, federation, 0)
+    expected = expected_model(federation.spec, base, works)
+    np.testing.assert_allclose(stored_model(runtime, federation, 1), expected, atol=2e-6)
+    with runtime.db.scope() as session:
+        round_ = session.get_one(Round, round_id)
+        assert {p.status for p in round_.participants} == {ParticipantStatus.COMPLETED}
+        actions = [e.action for e in session.query(AuditEntry).order_by(AuditEntry.seq)]
+        assert actions.count(AuditAction.ROUND_STAGE_CHANGED) == 7
+        assert AuditAction.MODEL_VERSION_STORED in actions
+        assert audit.verify(session).ok
+    assert [p.step().outcome for p in parts] == [Outcome.COMPLETED] * 3
+
+
+def test_repeated_messages_are_answered_repeat_and_change_nothing(
+    runtime: Runtime, http: TestClient, federation: Federation, agents: list[EnrolledAgent]
+) -> None:
+    works = works_for(federation, 3)
+    parts = [participant(http, a, w) for a, w in zip(agents, works, strict=True)]
+    round_id = start(runtime, federation)
+    assert parts[0].step().outcome is Outcome.ADVERTISED
+    assignment = parts[0].client.work().assignment
+    assert assignment is not None
+    from privacy.secagg import ClientRound, IdentityKey
+
+    state = parts[0].store.load(f"{federation.name}/round-{assignment.round:06d}")
+    assert state is not None
+    from agent.round_state import ParticipantState
+
+    saved = ParticipantState.from_bytes(state)
+    assert saved.client_state is not None
+    client = ClientRound.restore(saved.client_state, IdentityKey(agents[0].private_key))
+    again = parts[0].client.advertise_keys(assignment.round, client.advert().to_bytes())
+    assert again.outcome.value == "repeat"
+    other = ClientRound.start(client.config, client.participant, IdentityKey(agents[0].private_key))
+    with pytest.raises(Rejected) as refused:
+        parts[0].client.advertise_keys(assignment.round, other.advert().to_bytes())
+    assert refused.value.status == 409
+    done = run_until(runtime, parts, RoundStage.COMPLETED, round_id)
+    assert done.stage is RoundStage.COMPLETED
+
+
+def test_a_dropout_after_sharing_keys_still_completes_with_the_others(
+    runtime: Runtime,
+    session: Session,
+    settings: Settings,
+    federation: Federation,
+    http: TestClient,
+    agents: list[EnrolledAgent],
+) -> None:
+    agents.append(enroll_agent(session, settings, federation.name, "site_3", ("disease",)))
+    works = works_for(federation, 4)
+    parts = [participant(http, a, w) for a, w in zip(agents, works, strict=True)]
+    round_id = start(runtime, federation)
+    run_until(runtime, parts, RoundStage.MASKED_INPUT, round_id)
+    alive = parts[:3]
+    for _ in range(3):
+        for part in alive:
+            part.step()
+        drain(runtime)
+    _expire_deadline(runtime, round_id)
+    drain(runtime)
+    done = run_until(runtime, alive, RoundStage.COMPLETED, round_id)
+    assert done.stage is RoundStage.COMPLETED, done.failure_reason
+    base = stored_model(runtime, federation, 0)
+    expected = expected_model(federation.spec, base, works[:3])
+    np.testing.assert_allclose(stored_model(runtime, federation, 1), expected, atol=2e-6)
+    with runtime.db.scope() as check:
+        dropped = [p for p in check.get_one(Round, round_id).participants if p.secagg_id == 4]
+        assert dropped[0].status is ParticipantStatus.DROPPED
+        assert dropped[0].dropped_at_stage is RoundStage.MASKED_INPUT
+
+
+def _expire_deadline(runtime: Runtime, round_id: int) -> None:
+    with runtime.db.scope() as session:
+        round_ = session.get_one(Round, round_id)
+        round_.stage_deadline = utcnow() - timedelta(seconds=1)
+        session.commit()
+
+
+def test_a_round_below_threshold_fails_with_the_reason_recorded(
+    runtime: Runtime, http: TestClient, federation: Federation, agents: list[EnrolledAgent]
+) -> None:
+    works = works_for(federation, 3)
+    parts = [participant(http, a, w) for a, w in zip(agents, works, strict=True)]
+    round_id = start(runtime, federation)
+    parts[0].step()  # only one of three advertises; t = 2
+    _expire_deadline(runtime, round_id)
+    drain(runtime)
+    with runtime.db.scope() as session:
+        failed = session.get_one(Round, round_id)
+        assert failed.stage is RoundStage.FAILED
+        assert failed.failure_reason is not None
+        assert "advertise_keys" in failed.failure_reason
+    assert parts[0].step().outcome is Outcome.FAILED
+
+
+def test_a_decline_drops_the_agent_at_once_and_the_round_goes_on(
+    runtime: Runtime,
+    session: Session,
+    settings: Settings,
+    federation: Federation,
+    http: TestClient,
+    agents: list[EnrolledAgent],
+) -> None:
+    agents.append(enroll_agent(session, settings, federation.name, "site_3", ("disease",)))
+    works = works_for(federation, 4)
+    works[3].decline_reason = "budget"
+    parts = [participant(http, a, w) for a, w in zip(agents, works, strict=True)]
+    round_id = start(runtime, federation)
+    assert parts[3].step().outcome is Outcome.DECLINED
+    done = run_until(runtime, parts, RoundStage.COMPLETED, round_id)
+    assert done.stage is RoundStage.COMPLETED, done.failure_reason
+    assert works[3].trained == []
+    base = stored_model(runtime, federation, 0)
+    np.testing.assert_allclose(
+        stored_model(runtime, federation, 1),
+        expected_model(federation.spec, base, works[:3]),
+        atol=2e-6,
+    )
+    with runtime.db.scope() as check:
+        federation_row = check.get_one(Federation, federation.id)
+        eligible = engine.eligible_institutions(check, federation_row, settings, utcnow())
+        assert agents[3].institution.id not in {i.id for i in eligible}
+
+
+def test_the_update_layout_fixes_the_masked_upload_size(federation: Federation) -> None:
+    from federation.round_api import MASKED_INPUT_HEADER_BYTES, masked_update_size
+    from privacy.secagg import MaskedInput
+
+    layout = ParameterLayout.update(federation.spec)
+    upload = MaskedInput(b"\x00" * 32, 1, np.zeros(layout.length, dtype=np.uint32)).to_bytes()
+    assert len(upload) == masked_update_size(layout.length, 32)
+    assert len(upload) - 4 * layout.length == MASKED_INPUT_HEADER_BYTES

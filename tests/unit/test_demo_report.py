@@ -1,0 +1,196 @@
+"""The demo's HTML report shows what a reader relies on, from the recorded run alone."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from fmtl.admin_client import (
+    AuditVerification,
+    LedgerEntry,
+    ParticipantInfo,
+    ResultInfo,
+    RoundInfo,
+    StageInfo,
+)
+from fmtl.demo_record import DemoEvent, DemoRecord, HospitalRecord
+from fmtl.demo_report import main, render_report
+
+T0 = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
+HOSPITALS = {"cleveland": 1, "hungarian": 2, "switzerland": 3, "va": 4}
+STAGES = (
+    "advertise_keys",
+    "share_keys",
+    "masked_input",
+    "consistency_check",
+    "unmasking",
+    "aggregating",
+)
+
+
+def _round(number: int, dropped: str | None = None) -> RoundInfo:
+    start = T0 + timedelta(seconds=20 * (number - 1))
+    stages = [
+        StageInfo(
+            stage=stage,
+            opened_at=start + timedelta(seconds=2 * i),
+            closed_at=start + timedelta(seconds=2 * i + 2),
+            responders=4 if dropped is None else 3,
+        )
+        for i, stage in enumerate(STAGES)
+    ]
+    stages.append(StageInfo(stage="completed", opened_at=start + timedelta(seconds=12)))
+    participants = [
+        ParticipantInfo(
+            institution_id=iid,
+            secagg_id=iid,
+            status="dropped" if name == dropped else "completed",
+            dropped_at_stage="share_keys" if name == dropped else None,
+        )
+        for name, iid in HOSPITALS.items()
+    ]
+    return RoundInfo(
+        number=number,
+        stage="completed",
+        threshold=3,
+        participants=4,
+        started_at=start,
+        finished_at=start + timedelta(seconds=12),
+        stages=stages,
+        participant_list=participants,
+    )
+
+
+def _record(rounds: int = 3) -> DemoRecord:
+    results = []
+    ledger = []
+    for r in range(1, rounds + 1):
+        for name in HOSPITALS:
+            results.append(
+                ResultInfo(
+                    round=r,
+                    task="disease",
+                    institution=name,
+                    metric="auc",
+                    value=0.5 + 0.1 * r,
+                    n_samples=60,
+                )
+            )
+            results.append(
+                ResultInfo(
+                    round=r,
+                    task="max_heart_rate",
+                    institution=name,
+                    metric="mae",
+                    value=1.0 / r,
+                    n_samples=50,
+                )
+            )
+            ledger.append(
+                LedgerEntry(
+                    federation="heart_disease",
+                    institution=name,
+                    round=r,
+                    accountant="rdp",
+                    noise_multiplier=1.1,
+                    sample_rate=0.25,
+                    steps=4,
+                    delta=1e-5,
+                    reported_epsilon=0.8 * r,
+                    recomputed_epsilon=0.8 * r,
+                    budget_epsilon=8.0,
+                    mismatch=False,
+                    recorded_at=T0,
+                )
+            )
+    return DemoRecord(
+        federation="heart_disease",
+        stack="embedded (SQLite, in-process worker)",
+        started_at=T0,
+        finished_at=T0 + timedelta(seconds=95),
+        settings={"rounds": rounds, "epsilon": 8.0},
+        tasks={"disease": "binary", "max_heart_rate": "regression"},
+        hospitals=[
+            HospitalRecord(
+                name=n, tasks=["disease", "max_heart_rate"], institution_id=i, budget_epsilon=8.0
+            )
+            for n, i in HOSPITALS.items()
+        ],
+        rounds=[_round(r, dropped="va" if r == 2 else None) for r in range(1, rounds + 1)],
+        results=results,
+        ledger=ledger,
+        events=[DemoEvent(at=T0, round=2, what="killed the agent of va at share_keys")],
+        audit=AuditVerification(ok=True, entries=120, head_hash="ab" * 32),
+    )
+
+
+def test_report_is_self_contained_html_with_no_network_reference() -> None:
+    page = render_report(_record())
+    assert page.startswith("<!DOCTYPE html>")
+    assert "<script" not in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", page)
+    assert "@import" not in page
+
+
+def test_report_holds_a_learning_curve_per_task_and_metric_with_every_hospital() -> None:
+    page = render_report(_record())
+    for title in ("disease: auc (higher is better)", "max_heart_rate: mae (lower is better)"):
+        assert f'aria-label="{title}"' in page
+    for name in HOSPITALS:
+        assert f"<title>{name}</title>" in page
+    assert "<title>average</title>" in page
+
+
+def test_every_svg_in_the_report_is_well_formed_xml() -> None:
+    page = render_report(_record())
+    svgs = re.findall(r"<svg.*?</svg>", page, flags=re.S)
+    assert len(svgs) >= 4  # two curves, the privacy chart, the timeline
+    for svg in svgs:
+        ET.fromstring(svg)
+
+
+def test_report_shows_privacy_budget_and_dropout_in_the_timeline() -> None:
+    page = render_report(_record())
+    assert 'aria-label="Cumulative ε per hospital' in page
+    assert "va budget" in page
+    assert "va dropped at share_keys" in page
+    assert "killed the agent of va at share_keys" in page
+    assert "Audit log intact: 120" in page
+
+
+def test_averaged_curve_is_weighted_by_validation_samples() -> None:
+    record = _record(1)
+    record.results.append(
+        ResultInfo(
+            round=1,
+            task="severity",
+            institution="cleveland",
+            metric="accuracy",
+            value=0.2,
+            n_samples=30,
+        )
+    )
+    record.results.append(
+        ResultInfo(
+            round=1, task="severity", institution="va", metric="accuracy", value=0.8, n_samples=10
+        )
+    )
+    assert record.curve("severity", "accuracy")["average"] == [(1, pytest.approx(0.35))]
+
+
+def test_report_of_a_run_with_no_round_still_renders() -> None:
+    record = _record(0)
+    page = render_report(record)
+    assert "No round ran." in page
+    assert "No task-wise results were recorded." in page
+
+
+def test_report_rerenders_from_saved_record(tmp_path: Path) -> None:
+    record = _record()
+    record.save(tmp_path / "record.json")
+    assert main([str(tmp_path / "record.json"), str(tmp_path / "report.html")]) == 0
+    assert (tmp_path / "report.html").read_text() == render_report(record)
