@@ -188,6 +188,7 @@ class Daemon:
         self._unexpected = 0
         self._refused_polls = 0
         self._seen_open: set[tuple[str, int]] = set()
+        self._unmasked: set[tuple[str, int]] = set()
         self._last: tuple[Outcome, int | None] | None = None
 
     def _wait(self, seconds: float) -> None:
@@ -311,8 +312,11 @@ class Daemon:
             if changed:
                 event(_log, "idle", level=10)
             return
+        self._superseded(federation, number)
         if result.outcome not in (Outcome.COMPLETED, Outcome.FAILED):
             self._seen_open.add((federation, number))
+            if result.outcome is Outcome.UNMASKED:
+                self._unmasked.add((federation, number))
         elif not self._took_part(federation, number):
             return  # a round that ended before this process ever saw it open
         if result.outcome in _ACTIONS:
@@ -349,6 +353,32 @@ class Daemon:
             event(_log, "round_declined_waiting", round=number, detail=result.detail)
         elif changed:
             event(_log, "waiting", level=10, round=number, stage=result.stage, detail=result.detail)
+
+    def _superseded(self, federation: str, number: int) -> None:
+        """Rounds this agent was in that ended unseen: the coordinator opens round n only
+        after every earlier round ended, so seeing n ends them (rounds back to back)."""
+        for key in sorted(self._seen_open - self.finished):
+            if key[0] != federation or key[1] >= number:
+                continue
+            # Its unmasking shares went in, so the round reached aggregation, where it
+            # completes unless unmasking itself fails (rare; the coordinator records it):
+            # recorded as completed, and logged as inferred.
+            if key in self._unmasked:
+                self.ledger.finish(*key, RoundStatus.COMPLETED)
+                status = "completed"
+            else:
+                self.ledger.finish(*key, RoundStatus.DROPPED, "ended unseen")
+                status = "unknown"
+            self.work.forget(*key)
+            self.finished.add(key)
+            event(
+                _log,
+                "round_ended_unseen",
+                round=key[1],
+                next_round=number,
+                status=status,
+                inferred=True,
+            )
 
     def _took_part(self, federation: str, number: int) -> bool:
         """Whether this agent had a part in a round that has now ended: it saw the round

@@ -149,3 +149,30 @@ def test_sigterm_between_steps_stops_with_exit_0(config: AgentConfig, tmp_path: 
         ledger.close()
     finally:
         shutdown.uninstall()
+
+
+def test_a_round_that_ended_unseen_counts_when_the_next_one_opens(
+    config: AgentConfig, tmp_path: Path
+) -> None:
+    script: list[object] = [
+        StepResult(Outcome.ADVERTISED, round=1),
+        StepResult(Outcome.UNMASKED, round=1),
+        StepResult(Outcome.ADVERTISED, round=2),  # round 1 completed between two polls
+        StepResult(Outcome.COMPLETED, round=2, detail="completed"),
+    ]
+    daemon, _, ledger = _daemon(config, script, tmp_path, max_rounds=2)
+    for number in (1, 2):
+        ledger.join(
+            "heart",
+            number,
+            noise_multiplier=1,
+            sample_rate=0.1,
+            steps=1,
+            projected_epsilon=0.1,
+            budget_epsilon=3,
+        )
+    assert daemon.run() == EXIT_OK
+    assert daemon.finished == {("heart", 1), ("heart", 2)}
+    statuses = {entry.round: entry.status for entry in ledger.rounds()}
+    assert statuses == {1: RoundStatus.COMPLETED, 2: RoundStatus.COMPLETED}
+    ledger.close()
