@@ -90,6 +90,13 @@ def noise_for_budget(
             warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
             return epsilon_for([*past, (sigma, sample_rate, total_steps)], delta, accountant_kind)
 
+    # Keep the sigma of the previous round when it still spreads the budget evenly: the
+    # same noise every round (and no search).
+    if past:
+        last = past[-1].noise_multiplier
+        value = eps(last) if last > 0 else math.inf
+        if epsilon * (1.0 - EPSILON_TOLERANCE) <= value <= epsilon:
+            return last
     low, high = 0.0, 1.0
     while eps(high) > epsilon:
         low, high = high, 2.0 * high
