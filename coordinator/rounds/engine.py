@@ -354,21 +354,25 @@ def select(
     threshold = spec.secagg.threshold(n)
     participants = service.select_participants(session, round_, chosen, threshold=threshold)
     update_layout = ParameterLayout.update(spec)
-    config = RoundConfig(
-        RoundContext(federation.name, round_.number),
-        tuple(
-            SecAggParticipant(
-                participant.secagg_id,
-                institution.name,
-                IdentityPublicKey(bytes(institution.public_key or b"")),
-            )
-            for participant, institution in zip(participants, chosen, strict=True)
-        ),
-        threshold,
-        update_layout.length,
-        spec.secagg.bits,
-        None if mode is AggregationMode.PLAIN else _graph(spec, n),
-    )
+    try:
+        config = RoundConfig(
+            RoundContext(federation.name, round_.number),
+            tuple(
+                SecAggParticipant(
+                    participant.secagg_id,
+                    institution.name,
+                    IdentityPublicKey(bytes(institution.public_key or b"")),
+                )
+                for participant, institution in zip(participants, chosen, strict=True)
+            ),
+            threshold,
+            update_layout.length,
+            spec.secagg.bits,
+            None if mode is AggregationMode.PLAIN else _graph(spec, n),
+        )
+    except SecAggError as exc:  # e.g. a graph that cannot be built for this n
+        fail(session, round_, f"selecting participants: {exc}")
+        return []
     service.record_round_message(session, round_, RoundRecordKind.CONFIG, config.to_bytes())
     round_.vector_length = update_layout.length
     round_.layout_fingerprint = update_layout.fingerprint
@@ -403,6 +407,12 @@ def fail(session: Session, round_: Round, reason: str) -> None:
     """End the round as FAILED with `reason` (recorded and audited)."""
     logger.info("round %s failed: %s", round_.id, reason)
     service.enter_stage(session, round_, RoundStage.FAILED, actor=audit.SYSTEM, reason=reason)
+    # The plan's seeds must not outlive the round (docs/secagg.md, "What the server learns").
+    session.execute(
+        sa.delete(RoundRecord).where(
+            RoundRecord.round_id == round_.id, RoundRecord.kind == RoundRecordKind.UNMASK_PLAN
+        )
+    )
 
 
 def drop(session: Session, round_: Round, participant: Participant, stage: RoundStage) -> None:
@@ -634,7 +644,10 @@ def recover_aggregation(
     if not pending:
         return [Followup(FINISH_TASK, (round_.id,))]
     stale = [s for s in pending if s.lease_expires_at is None or s.lease_expires_at <= now]
-    return [Followup(SLICE_TASK, (round_.id, s.index)) for s in stale]
+    again = Followup(
+        ADVANCE_TASK, (round_.id,), countdown=settings.slice_lease_s + DEADLINE_GRACE_S
+    )
+    return [*(Followup(SLICE_TASK, (round_.id, s.index)) for s in stale), again]
 
 
 def open_round_ids(session: Session) -> list[int]:

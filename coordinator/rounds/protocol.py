@@ -37,6 +37,7 @@ from coordinator.rounds.models import (
     ProtocolMessageKind,
     ProtocolRecord,
     Round,
+    RoundRecordKind,
     RoundStage,
 )
 from federation.layout import ParameterLayout
@@ -139,7 +140,10 @@ def assignment(session: Session, institution: Institution) -> RoundAssignment | 
     if row is None:
         return None
     round_, participant = row
-    config = engine.round_config(session, round_)
+    body = engine.round_record(session, round_, RoundRecordKind.CONFIG)
+    if body is None:  # failed while selecting: nothing for the agent to do
+        return None
+    config = RoundConfig.from_bytes(body)
     federation = _federation(session, institution)
     received = [
         _WIRE_KIND[kind]

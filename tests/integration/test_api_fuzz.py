@@ -31,7 +31,7 @@ from agent.http_signing import SIGNATURE_HEADERS, RequestSigner
 from coordinator.schema import metadata
 from federation.wire import AGENT_API_PREFIX
 
-from .conftest import AgentIdentity, CoordinatorServer
+from .conftest import AgentIdentity, CoordinatorServer, enroll_over_http
 
 #: Examples per operation and generation mode (and again with real path names filled in).
 EXAMPLES = 15
@@ -106,6 +106,15 @@ def test_no_server_errors_and_rejected_requests_change_nothing(
         timeout=10,
     )
     assert spare_institution.status_code == 201
+    # A round the fuzzed agent takes part in, so the round endpoints' handlers are reached
+    # (with `number` fixed to it) and not only their 404s.
+    for name in ("hungary", "basel"):
+        enroll_over_http(url, admin_token, federation_name, name, ["disease"])
+    started = requests.post(
+        f"{url}/api/v1/federations/{federation_name}/rounds", headers=admin, timeout=30
+    )
+    assert started.status_code == 201, started.text
+    assert started.json()["stage"] == "advertise_keys"
     http = requests.Session()
     http.auth = _AgentSigning(agent_identity.signer)
     failures: list[str] = []
@@ -148,6 +157,9 @@ def test_no_server_errors_and_rejected_requests_change_nothing(
             fixed["token_id"] = spare.json()["id"]  # never the admin token we fuzz with
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             exercise(operation, mode, fixed)
+        if "{number}" in operation.path and operation.path.startswith(AGENT_API_PREFIX):
+            exercise(operation, GenerationMode.POSITIVE, {**fixed, "number": 1})
+            exercise(operation, GenerationMode.NEGATIVE, {**fixed, "number": 1})
         if "{federation}" in operation.path:
             named = {**fixed, "federation": federation_name}
             if "{institution}" in operation.path:

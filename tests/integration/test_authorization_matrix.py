@@ -114,6 +114,16 @@ def _body(endpoint: Endpoint, counter: int) -> bytes:
         document = {"name": f"matrix_{counter}", "tasks": ["disease"]}
     elif path.endswith("/invitation"):
         document = {}
+    elif path.endswith("/decline"):
+        document = {"reason": "budget"}
+    elif path.endswith("/report"):
+        document = {"tasks": {}}
+    elif path.endswith("/keys") or path.endswith("/shares"):
+        document = {"advert": "AA"} if path.endswith("/keys") else {"message": "AA"}
+    elif path.endswith("/consistency"):
+        document = {"signature": "AA"}
+    elif path.endswith("/unmask"):
+        document = {"response": "AA"}
     elif path.endswith("/enroll"):
         document = {"token": "fmtl_enroll_" + "x" * 43, "public_key": "A" * 43, "proof": "A" * 86}
     else:
