@@ -48,6 +48,7 @@ from agent.round_participant import Outcome, RoundParticipant, StepResult
 from agent.round_state import ParticipantState, RoundStateStore
 from agent.state_store import EncryptedFileStore, StateCorrupted
 from agent.work import AgentWork, TrainingInterrupted
+from federation.round_api import WorkStatus
 from privacy.dp.errors import DPError
 
 _log = get_logger("daemon")
@@ -58,6 +59,9 @@ EXIT_FAILURE: Final = 1
 CLIENT_RETRIES: Final = 2
 #: After a stage that sent something, poll again this soon (the next stage may be open).
 ACTIVE_POLL_S: Final = 0.2
+#: Consecutive polls the coordinator refuses (401/403) before the daemon exits 1 (under
+#: systemd it is restarted, and says why in the journal each time).
+MAX_REFUSED_POLLS: Final = 3
 #: Consecutive unexpected errors after which the daemon gives up (exit 1) rather than loop.
 MAX_UNEXPECTED_ERRORS: Final = 10
 _ACTIONS: Final = frozenset(
@@ -69,6 +73,23 @@ _ACTIONS: Final = frozenset(
         Outcome.UNMASKED,
     }
 )
+
+
+class NotAccepted(Rejected):
+    """The coordinator refuses this agent's *poll* (401/403): revoked, re-enrolled elsewhere,
+    or a clock too far off. (A refused protocol message is a plain `Rejected`.)"""
+
+
+class DaemonClient(CoordinatorClient):
+    """The coordinator client, telling a refused poll apart from a refused message."""
+
+    def work(self) -> WorkStatus:
+        try:
+            return super().work()
+        except Rejected as exc:
+            if exc.status in (401, 403):
+                raise NotAccepted(exc.status, exc.problem) from None
+            raise
 
 
 class ShutdownNow(BaseException):
@@ -165,6 +186,7 @@ class Daemon:
         self._sleep = sleep
         self.finished: set[tuple[str, int]] = set()
         self._unexpected = 0
+        self._refused_polls = 0
         self._last: tuple[Outcome, int | None] | None = None
 
     def _wait(self, seconds: float) -> None:
@@ -197,11 +219,22 @@ class Daemon:
                 )
                 self._between_steps(wait)
                 continue
-            except Rejected as exc:
-                if exc.status in (401, 403):
-                    event(_log, "not_authorized", level=40, status=exc.status, detail=exc.detail)
+            except NotAccepted as exc:
+                self._refused_polls += 1
+                event(
+                    _log,
+                    "not_accepted",
+                    level=40,
+                    status=exc.status,
+                    detail=exc.detail,
+                    consecutive=self._refused_polls,
+                )
+                if self._refused_polls >= MAX_REFUSED_POLLS:
                     self._stop_step()
                     return EXIT_FAILURE
+                self._between_steps(self.backoff.next_wait())
+                continue
+            except Rejected as exc:
                 wait = self.backoff.next_wait()
                 event(
                     _log,
@@ -246,6 +279,7 @@ class Daemon:
                 continue
             self._stop_step()
             self._unexpected = 0
+            self._refused_polls = 0
             self.backoff.reset()
             self._observe(federation, result)
             if self.max_rounds is not None and len(self.finished) >= self.max_rounds:
@@ -329,14 +363,14 @@ class Daemon:
         self.ledger.finish(current.federation, current.round, RoundStatus.DROPPED, reason[:200])
 
 
-def _client(config: AgentConfig, enrollment: Enrollment, identity: object) -> CoordinatorClient:
+def _client(config: AgentConfig, enrollment: Enrollment, identity: object) -> DaemonClient:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     assert isinstance(identity, Ed25519PrivateKey)
     verify: str | bool = (
         str(config.coordinator.ca_bundle) if config.coordinator.ca_bundle is not None else True
     )
-    return CoordinatorClient(
+    return DaemonClient(
         coordinator_url(config, enrollment),
         identity,
         enrollment.profile.key_id,
@@ -401,4 +435,12 @@ def run_daemon(config: AgentConfig, *, max_rounds: int | None = None, show_progr
         shutdown.uninstall()
 
 
-__all__ = ["Backoff", "Daemon", "Shutdown", "ShutdownNow", "run_daemon"]
+__all__ = [
+    "Backoff",
+    "Daemon",
+    "DaemonClient",
+    "NotAccepted",
+    "Shutdown",
+    "ShutdownNow",
+    "run_daemon",
+]

@@ -1,0 +1,101 @@
+"""`fmtl agent ...` as a new user meets it: one-line errors, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from agent.cli import EXIT_FAILURE, EXIT_INPUT, app
+from tests.unit.agent.conftest import write_config
+
+runner = CliRunner()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _one_error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in output
+    return lines[0]
+
+
+def test_malformed_config_exits_2_naming_file_and_key(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("epsilon = 3.0", "epsilon = -1"))
+    result = runner.invoke(app, ["status", "--config", str(path)])
+    assert result.exit_code == EXIT_INPUT
+    line = _one_error_line(result.stderr)
+    assert f"{path}: privacy.epsilon" in line
+
+
+def test_unreachable_coordinator_is_one_line_and_stores_nothing(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    url = f"http://127.0.0.1:{_closed_port()}"
+    result = runner.invoke(
+        app, ["enroll", "--config", str(path), "--coordinator", url, "--token", "fmtl_enroll_x"]
+    )
+    assert result.exit_code == EXIT_FAILURE
+    line = _one_error_line(result.stderr)
+    assert f"cannot reach the coordinator at {url}" in line
+    assert not (tmp_path / "state" / "identity.key").exists()
+    assert not (tmp_path / "state" / "profile.json").exists()
+
+
+def test_data_missing_a_mapped_column_is_refused_before_enrolling(tmp_path: Path) -> None:
+    csv = tmp_path / "site.csv"
+    csv.write_text("age,sex,num\n50,1,0\n60,0,1\n")
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        f'[data]\npath = "{csv.name}"\nfeatures = ["age", "sex", "chol"]\n'
+        'labels = { disease = "num" }\n[privacy]\nepsilon = 1\n'
+    )
+    result = runner.invoke(
+        app,
+        ["enroll", "--config", str(path), "--coordinator", "http://127.0.0.1:9", "--token", "t"],
+    )
+    assert result.exit_code == EXIT_INPUT
+    line = _one_error_line(result.stderr)
+    assert "data.features: unknown column 'chol'" in line
+
+
+def test_run_and_check_before_enrolling_say_how_to_enroll(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    for command in ("run", "check"):
+        result = runner.invoke(app, [command, "--config", str(path)])
+        assert result.exit_code == EXIT_FAILURE
+        assert "fmtl agent enroll" in _one_error_line(result.stderr)
+
+
+def test_status_json_before_any_round(tmp_path: Path) -> None:
+    path = write_config(tmp_path, epsilon=2.5)
+    result = runner.invoke(app, ["status", "--config", str(path), "--json"])
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["enrolled"] is False
+    assert document["budget"]["epsilon"] == 2.5
+    assert document["budget"]["epsilon_spent"] == 0.0
+    assert document["budget"]["epsilon_left"] == 2.5
+    assert document["rounds"]["joined"] == 0
+
+
+def test_fmtl_entry_point_has_the_agent_commands() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fmtl", "agent", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0
+    for command in ("enroll", "run", "status", "check"):
+        assert command in done.stdout

@@ -1,0 +1,174 @@
+"""AgentWork: budget decisions from the ledger, training, and a spend that is never lost."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.config import AgentConfig, AgentEnvironment, load_config
+from agent.data import load_dataset
+from agent.identity import generate_identity
+from agent.ledger import Ledger, RoundStatus
+from agent.round_state import InMemoryRoundStateStore
+from agent.state_store import EncryptedFileStore
+from agent.work import AgentWork, TrainingInterrupted, decode_result, encode_result
+from federation.layout import ParameterLayout
+from federation.model import build_model, model_vector
+from federation.round_api import AggregationMode, MyStatus, RoundAssignment, Stage
+from federation.spec import FederationSpec
+from federation.wire import AgentProfile
+from tests.unit.agent.conftest import write_config
+
+
+def _profile(spec: FederationSpec) -> AgentProfile:
+    return AgentProfile(
+        institution_id=1,
+        key_id="1",
+        institution="cleveland",
+        federation=spec.name,
+        tasks_held=spec.task_names,
+        enrolled_at=datetime.now(UTC),
+        spec=spec,
+        spec_fingerprint=spec.fingerprint(),
+    )
+
+
+def _assignment(spec: FederationSpec, number: int) -> RoundAssignment:
+    layout = ParameterLayout.update(spec)
+    return RoundAssignment(
+        federation=spec.name,
+        round=number,
+        stage=Stage.ADVERTISE_KEYS,
+        stage_deadline=None,
+        mode=AggregationMode.SECURE,
+        status=MyStatus.SELECTED,
+        participant_id=1,
+        participants=3,
+        threshold=2,
+        base_version=number - 1,
+        spec_fingerprint=spec.fingerprint(),
+        update_layout_fingerprint=layout.fingerprint,
+        vector_length=layout.length,
+        bits=32,
+        config=b"\x00",
+    )
+
+
+def _work(config: AgentConfig, spec: FederationSpec, ledger: Ledger, store: object) -> AgentWork:
+    dataset = load_dataset(config.data, spec)
+    return AgentWork(config, _profile(spec), dataset, ledger, store)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def spec(heart_spec: FederationSpec) -> FederationSpec:
+    # Fewer planned rounds keep the noise search short.
+    return heart_spec.model_copy(
+        update={"dp": heart_spec.dp.model_copy(update={"planned_rounds": 3})}
+    )
+
+
+def _global(spec: FederationSpec) -> np.ndarray:
+    return model_vector(build_model(spec), ParameterLayout.model(spec))
+
+
+def test_joins_within_budget_trains_and_records_the_spend(
+    config: AgentConfig, spec: FederationSpec, tmp_path: Path
+) -> None:
+    store = InMemoryRoundStateStore()
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        work = _work(config, spec, ledger, store)
+        decision = work.decide(_assignment(spec, 1))
+        assert decision.join
+        entry = ledger.round(spec.name, 1)
+        assert entry is not None
+        assert entry.status is RoundStatus.JOINED
+        assert entry.projected_epsilon is not None
+        assert entry.projected_epsilon <= 3.0
+
+        result = work.train(_assignment(spec, 1), _global(spec))
+        assert result.spend is not None
+        assert result.spend.noise_multiplier == entry.noise_multiplier
+        assert result.spend.epsilon == pytest.approx(entry.projected_epsilon)
+        assert set(result.metrics) == set(spec.task_names)
+        assert result.contribution.segments["count.encoder"][0] == 1
+        spends = ledger.spends(spec.name, 1)
+        assert len(spends) == 1
+        assert spends[0].epsilon == result.spend.epsilon
+
+        # Called again (a crash before the masked update was saved): the same result,
+        # and the spend is not counted twice.
+        again = work.train(_assignment(spec, 1), _global(spec))
+        np.testing.assert_array_equal(
+            again.contribution.segments["encoder"], result.contribution.segments["encoder"]
+        )
+        assert len(ledger.spends(spec.name, 1)) == 1
+
+
+def test_declines_a_round_that_would_overspend(tmp_path: Path, spec: FederationSpec) -> None:
+    fixed = spec.model_copy(update={"dp": spec.dp.model_copy(update={"noise_multiplier": 0.6})})
+    config = load_config(
+        write_config(tmp_path, epsilon=0.5), environment=AgentEnvironment(key_passphrase=None)
+    )
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        work = _work(config, fixed, ledger, InMemoryRoundStateStore())
+        decision = work.decide(_assignment(fixed, 1))
+        assert not decision.join
+        assert decision.reason == "budget"
+        entry = ledger.round(fixed.name, 1)
+        assert entry is not None
+        assert entry.status is RoundStatus.DECLINED
+        assert entry.projected_epsilon is not None
+        assert entry.projected_epsilon > 0.5
+        assert ledger.spends() == []
+        # A restarted agent gives the same answer without recomputing.
+        assert not work.decide(_assignment(fixed, 1)).join
+
+
+def test_declines_after_the_planned_rounds_and_a_federation_without_dp(
+    config: AgentConfig, spec: FederationSpec, tmp_path: Path
+) -> None:
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        work = _work(config, spec, ledger, InMemoryRoundStateStore())
+        for number in (1, 2, 3):
+            assert work.decide(_assignment(spec, number)).join
+            work.train(_assignment(spec, number), _global(spec))
+        assert work.epsilon_spent() <= config.privacy.epsilon
+        assert not work.decide(_assignment(spec, 4)).join
+        assert len(ledger.spends()) == 3
+
+    no_dp = spec.model_copy(update={"dp": spec.dp.model_copy(update={"enabled": False})})
+    with Ledger.open(tmp_path / "other.sqlite3") as ledger:
+        work = _work(config, no_dp, ledger, InMemoryRoundStateStore())
+        decision = work.decide(_assignment(no_dp, 1))
+        assert not decision.join
+        assert decision.reason == "budget"
+
+
+def test_training_stops_on_shutdown_without_recording(
+    config: AgentConfig, spec: FederationSpec, tmp_path: Path
+) -> None:
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        work = _work(config, spec, ledger, InMemoryRoundStateStore())
+        assert work.decide(_assignment(spec, 1)).join
+        work.stop.set()
+        with pytest.raises(TrainingInterrupted):
+            work.train(_assignment(spec, 1), _global(spec))
+        assert ledger.spends() == []
+
+
+def test_trained_result_round_trips_through_the_encrypted_store(
+    config: AgentConfig, spec: FederationSpec, tmp_path: Path
+) -> None:
+    store = EncryptedFileStore(tmp_path / "rounds", generate_identity())
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        work = _work(config, spec, ledger, store)
+        work.decide(_assignment(spec, 1))
+        result = work.train(_assignment(spec, 1), _global(spec))
+    decoded = decode_result(encode_result(result))
+    assert decoded.spend == result.spend
+    assert decoded.metrics == result.metrics
+    for name, values in result.contribution.segments.items():
+        np.testing.assert_array_equal(decoded.contribution.segments[name], values)
