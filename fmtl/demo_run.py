@@ -103,7 +103,9 @@ class DemoOptions:
     postgres: str | None = None
     redis: str | None = None
     out: Path | None = None
-    seed: int = 0
+    #: None: the spec's initial model, the mappings' splits, unseeded training (DP noise
+    #: from the OS's CSPRNG). A seed makes the whole run reproducible, DP noise included.
+    seed: int | None = None
     example: Path | None = None
     stage_timeout_s: float = 30.0
     local_epochs: float | None = None
@@ -313,7 +315,7 @@ class DemoRun:
             "epsilon per hospital": o.epsilon,
             "delta": example.spec.get("dp", {}).get("delta", 1e-5),
             "accountant": example.spec.get("dp", {}).get("accountant", "rdp"),
-            "seed": o.seed,
+            "seed": "none (DP noise from the OS's CSPRNG)" if o.seed is None else o.seed,
             "stage deadline (s)": o.stage_timeout_s,
             "aggregation": "secure (masked)" if o.secure else "plain (unmasked, benchmark)",
             "agent killed at": o.agents_drop_at,
@@ -440,7 +442,9 @@ class DemoRun:
                     epsilon=self.options.epsilon,
                     delta=float(exp.get("delta", 1e-5)),
                     accountant=str(exp.get("accountant", "rdp")),
-                    seed=agent_seed(self.options.seed, index),
+                    seed=None
+                    if self.options.seed is None
+                    else agent_seed(self.options.seed, index),
                     split_seed=self.options.seed,
                     poll_interval_s=0.5,
                 ),
