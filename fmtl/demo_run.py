@@ -89,6 +89,8 @@ EMBEDDED_STACK: Final = "embedded (SQLite, in-process worker)"
 #: The line an agent logs once it is ready to take part (`agent.daemon`, text log format).
 AGENT_STARTED: Final = re.compile(r"^\S+\s+info\s+started\b", re.MULTILINE)
 AGENT_START_WAIT_S: Final = 120.0
+#: Where `fmtl agent enroll` reads its one-time token from.
+ENROLLMENT_TOKEN_ENV: Final = "FMTL_AGENT_ENROLLMENT_TOKEN"  # noqa: S105 - a variable name
 #: The last model version's parameters (model layout, little-endian float32).
 FINAL_MODEL_FILE: Final = "final_model.f32"
 
@@ -455,16 +457,10 @@ class DemoRun:
                 self.children.start(
                     f"agent-{hospital.name}-enroll",
                     fmtl_command(
-                        "agent",
-                        "enroll",
-                        "--coordinator",
-                        self.url,
-                        "--token",
-                        tokens[hospital.name],
-                        "--config",
-                        str(config),
+                        "agent", "enroll", "--coordinator", self.url, "--config", str(config)
                     ),
-                    self._agent_env(),
+                    # In the environment, not the command line (process listings show that).
+                    {**self._agent_env(), ENROLLMENT_TOKEN_ENV: tokens[hospital.name]},
                 )
             )
         for child in processes:
