@@ -167,7 +167,7 @@ def run_rounds(
     seconds = []
     length = 0
     for _ in range(rounds):
-        started = admin.start_round(federation)
+        started = admin.start_next_round(federation)
         deadline = time.monotonic() + ROUND_TIMEOUT_S
         current = started
         while not current.finished:

@@ -522,21 +522,11 @@ class DemoRun:
                     )
 
     def _start_round(self, admin: AdminClient, after: int) -> RoundInfo:
-        """Start the round after round `after`; a 409 whose round did open is that round."""
-        deadline = time.monotonic() + 30.0
-        while True:
-            self.children.check()
-            try:
-                return admin.start_round(self.federation)
-            except AdminError as exc:
-                if exc.status != 409 or time.monotonic() > deadline:
-                    raise DemoError(f"cannot start a round: {exc}") from None
-                # A conflict can mean the round opened anyway (the scheduler's tick selected
-                # its participants first): follow it rather than start another.
-                opened = [r for r in admin.rounds(self.federation) if r.number > after]
-                if opened:
-                    return opened[0]
-            time.sleep(0.5)
+        self.children.check()
+        try:
+            return admin.start_next_round(self.federation, after)
+        except AdminError as exc:
+            raise DemoError(f"cannot start a round: {exc}") from None
 
     def _victim(self) -> _Agent:
         name = self.options.drop_agent or list(self.agents)[-1]
