@@ -22,7 +22,7 @@ class SecAggError(Exception):
         self.participant = participant
 
 
-class InvalidInput(SecAggError, ValueError):  # noqa: N818 (names from CONVENTIONS.md)
+class InvalidInput(SecAggError, ValueError):
     """An argument is wrong: a length, a dtype, NaN/Inf, a threshold out of range, an id."""
 
 
@@ -30,19 +30,19 @@ class MalformedMessage(InvalidInput):
     """Bytes that are not a well-formed message of the expected kind and version."""
 
 
-class ThresholdNotMet(SecAggError):  # noqa: N818 (names from CONVENTIONS.md)
+class ThresholdNotMet(SecAggError):
     """Fewer than the threshold of participants remain (or hold shares) for this step."""
 
 
-class InvalidShare(SecAggError):  # noqa: N818 (names from CONVENTIONS.md)
+class InvalidShare(SecAggError):
     """A share failed authentication or does not reconstruct the committed secret."""
 
 
-class BadSignature(SecAggError):  # noqa: N818 (names from CONVENTIONS.md)
+class BadSignature(SecAggError):
     """A signature by a participant's identity key does not verify."""
 
 
-class ProtocolViolation(SecAggError):  # noqa: N818 (names from CONVENTIONS.md)
+class ProtocolViolation(SecAggError):
     """A well-formed message that the protocol does not allow here.
 
     Examples: a message of another round, a step taken out of order, a duplicate sender, an

@@ -116,19 +116,19 @@ def run_until(
     raise AssertionError(f"round {round_id} never reached {stage.value}")
 
 
-def start(runtime: Runtime, federation: Federation) -> int:
+def start(runtime: Runtime, federation: str) -> int:
     with runtime.db.scope() as session:
         round_, followups = engine.start_round(
-            session, runtime.blobs, runtime.settings, federation.name, actor=TEST_ACTOR
+            session, runtime.blobs, runtime.settings, federation, actor=TEST_ACTOR
         )
         round_id = round_.id
     drain(runtime, followups)
     return round_id
 
 
-def stored_model(runtime: Runtime, federation: Federation, version: int) -> np.ndarray:  # type: ignore[type-arg]
+def stored_model(runtime: Runtime, federation: str, version: int) -> np.ndarray:  # type: ignore[type-arg]
     with runtime.db.scope() as session:
-        row = get_version(session, federation.name, version)
+        row = get_version(session, federation, version)
         content = runtime.blobs.read_range(row.blob_key, 0, row.size_bytes)
     return np.frombuffer(content, dtype="<f4").astype(np.float64)
 
@@ -138,12 +138,12 @@ def test_a_complete_round_stores_the_aggregate_of_the_agents_updates(
 ) -> None:
     works = works_for(federation, 3)
     parts = [participant(http, a, w) for a, w in zip(agents, works, strict=True)]
-    round_id = start(runtime, federation)
+    round_id = start(runtime, federation.name)
     done = run_until(runtime, parts, RoundStage.COMPLETED, round_id)
     assert done.stage is RoundStage.COMPLETED, done.failure_reason
-    base = stored_model(runtime, federation, 0)
+    base = stored_model(runtime, federation.name, 0)
     expected = expected_model(federation.spec, base, works)
-    np.testing.assert_allclose(stored_model(runtime, federation, 1), expected, atol=2e-6)
+    np.testing.assert_allclose(stored_model(runtime, federation.name, 1), expected, atol=2e-6)
     with runtime.db.scope() as session:
         round_ = session.get_one(Round, round_id)
         assert {p.status for p in round_.participants} == {ParticipantStatus.COMPLETED}
@@ -159,7 +159,7 @@ def test_repeated_messages_are_answered_repeat_and_change_nothing(
 ) -> None:
     works = works_for(federation, 3)
     parts = [participant(http, a, w) for a, w in zip(agents, works, strict=True)]
-    round_id = start(runtime, federation)
+    round_id = start(runtime, federation.name)
     assert parts[0].step().outcome is Outcome.ADVERTISED
     assignment = parts[0].client.work().assignment
     assert assignment is not None
@@ -193,7 +193,7 @@ def test_a_dropout_after_sharing_keys_still_completes_with_the_others(
     agents.append(enroll_agent(session, settings, federation.name, "site_3", ("disease",)))
     works = works_for(federation, 4)
     parts = [participant(http, a, w) for a, w in zip(agents, works, strict=True)]
-    round_id = start(runtime, federation)
+    round_id = start(runtime, federation.name)
     run_until(runtime, parts, RoundStage.MASKED_INPUT, round_id)
     alive = parts[:3]
     for _ in range(3):
@@ -204,9 +204,9 @@ def test_a_dropout_after_sharing_keys_still_completes_with_the_others(
     drain(runtime)
     done = run_until(runtime, alive, RoundStage.COMPLETED, round_id)
     assert done.stage is RoundStage.COMPLETED, done.failure_reason
-    base = stored_model(runtime, federation, 0)
+    base = stored_model(runtime, federation.name, 0)
     expected = expected_model(federation.spec, base, works[:3])
-    np.testing.assert_allclose(stored_model(runtime, federation, 1), expected, atol=2e-6)
+    np.testing.assert_allclose(stored_model(runtime, federation.name, 1), expected, atol=2e-6)
     with runtime.db.scope() as check:
         dropped = [p for p in check.get_one(Round, round_id).participants if p.secagg_id == 4]
         assert dropped[0].status is ParticipantStatus.DROPPED
@@ -225,7 +225,7 @@ def test_a_round_below_threshold_fails_with_the_reason_recorded(
 ) -> None:
     works = works_for(federation, 3)
     parts = [participant(http, a, w) for a, w in zip(agents, works, strict=True)]
-    round_id = start(runtime, federation)
+    round_id = start(runtime, federation.name)
     parts[0].step()  # only one of three advertises; t = 2
     _expire_deadline(runtime, round_id)
     drain(runtime)
@@ -249,14 +249,14 @@ def test_a_decline_drops_the_agent_at_once_and_the_round_goes_on(
     works = works_for(federation, 4)
     works[3].decline_reason = "budget"
     parts = [participant(http, a, w) for a, w in zip(agents, works, strict=True)]
-    round_id = start(runtime, federation)
+    round_id = start(runtime, federation.name)
     assert parts[3].step().outcome is Outcome.DECLINED
     done = run_until(runtime, parts, RoundStage.COMPLETED, round_id)
     assert done.stage is RoundStage.COMPLETED, done.failure_reason
     assert works[3].trained == []
-    base = stored_model(runtime, federation, 0)
+    base = stored_model(runtime, federation.name, 0)
     np.testing.assert_allclose(
-        stored_model(runtime, federation, 1),
+        stored_model(runtime, federation.name, 1),
         expected_model(federation.spec, base, works[:3]),
         atol=2e-6,
     )
@@ -274,3 +274,117 @@ def test_the_update_layout_fixes_the_masked_upload_size(federation: Federation) 
     upload = MaskedInput(b"\x00" * 32, 1, np.zeros(layout.length, dtype=np.uint32)).to_bytes()
     assert len(upload) == masked_update_size(layout.length, 32)
     assert len(upload) - 4 * layout.length == MASKED_INPUT_HEADER_BYTES
+
+
+def test_plain_aggregation_runs_only_where_the_coordinator_allows_it(
+    runtime: Runtime, session: Session, settings: Settings, http: TestClient
+) -> None:
+    from coordinator.errors import InvalidInput
+    from coordinator.federations.service import create_federation
+
+    from .conftest import heart_spec
+
+    spec = heart_spec("plainfed")
+    spec = spec.model_copy(update={"secagg": spec.secagg.model_copy(update={"mode": "plain"})})
+    federation = create_federation(session, spec, actor=TEST_ACTOR)
+    agents = [
+        enroll_agent(session, settings, federation.name, f"site_{i}", held)
+        for i, held in enumerate(TASKS_HELD)
+    ]
+    works = works_for(federation, 3)
+    parts = [participant(http, a, w) for a, w in zip(agents, works, strict=True)]
+    name = federation.name
+    with pytest.raises(InvalidInput, match="FMTL_ALLOW_PLAIN_AGGREGATION"):
+        engine.start_round(session, runtime.blobs, runtime.settings, name, actor=TEST_ACTOR)
+    session.rollback()
+    session.close()
+    runtime.settings = runtime.settings.model_copy(update={"allow_plain_aggregation": True})
+    round_id = start(runtime, name)
+    done = run_until(runtime, parts, RoundStage.COMPLETED, round_id)
+    assert done.stage is RoundStage.COMPLETED, done.failure_reason
+    stages = [record.stage for record in _stages(runtime, round_id)]
+    assert RoundStage.ADVERTISE_KEYS not in stages
+    base = stored_model(runtime, name, 0)
+    np.testing.assert_allclose(
+        stored_model(runtime, name, 1), expected_model(spec, base, works), atol=2e-6
+    )
+
+
+def _stages(runtime: Runtime, round_id: int) -> list[object]:
+    from coordinator.rounds.models import RoundStageRecord
+
+    with runtime.db.scope() as session:
+        records = session.query(RoundStageRecord).filter_by(round_id=round_id).all()
+        for record in records:
+            session.expunge(record)
+        return list(records)
+
+
+def test_a_slice_whose_worker_died_is_redone_after_its_lease(
+    runtime: Runtime, http: TestClient, federation: Federation, agents: list[EnrolledAgent]
+) -> None:
+    from coordinator.rounds.models import SliceState, UnmaskSlice
+
+    works = works_for(federation, 3)
+    parts = [participant(http, a, w) for a, w in zip(agents, works, strict=True)]
+    round_id = start(runtime, federation.name)
+    # Run the protocol, but hold back the aggregation tasks: a "worker" takes slice 0's
+    # lease and dies.
+    for _ in range(10):
+        for part in parts:
+            part.step()
+        tasks.advance_round(runtime, round_id)  # its follow-ups are dropped: nobody works
+        with runtime.db.scope() as session:
+            if session.get_one(Round, round_id).stage is RoundStage.AGGREGATING:
+                break
+    with runtime.db.scope() as session:
+        slices = session.query(UnmaskSlice).filter_by(round_id=round_id).all()
+        assert len(slices) > 1
+        slices[0].lease_expires_at = utcnow() + timedelta(hours=1)  # held by a dead worker
+        slices[0].attempts = 1
+        session.commit()
+    assert tasks.unmask_slice(runtime, round_id, 0) == []  # the lease is still live
+    for index in range(1, len(slices)):
+        tasks.unmask_slice(runtime, round_id, index)
+    assert tasks.finish_round(runtime, round_id) == []  # slice 0 is still pending
+    with runtime.db.scope() as session:
+        row = session.query(UnmaskSlice).filter_by(round_id=round_id, index=0).one()
+        assert row.state is SliceState.PENDING
+        row.lease_expires_at = utcnow() - timedelta(seconds=1)  # the lease ran out
+        session.commit()
+    resent = tasks.advance_round(runtime, round_id)
+    assert Followup(SLICE_TASK, (round_id, 0)) in resent
+    drain(runtime, resent)
+    with runtime.db.scope() as session:
+        assert session.get_one(Round, round_id).stage is RoundStage.COMPLETED
+        row = session.query(UnmaskSlice).filter_by(round_id=round_id, index=0).one()
+        assert row.attempts == 2
+    base = stored_model(runtime, federation.name, 0)
+    np.testing.assert_allclose(
+        stored_model(runtime, federation.name, 1),
+        expected_model(federation.spec, base, works),
+        atol=2e-6,
+    )
+
+
+def test_a_federation_with_a_round_interval_gets_rounds_from_the_tick(
+    runtime: Runtime, session: Session, settings: Settings
+) -> None:
+    from coordinator.federations.service import create_federation
+
+    from .conftest import heart_spec
+
+    spec = heart_spec("scheduled")
+    spec = spec.model_copy(
+        update={"schedule": spec.schedule.model_copy(update={"round_interval_s": 3600.0})}
+    )
+    federation = create_federation(session, spec, actor=TEST_ACTOR)
+    for i, held in enumerate(TASKS_HELD):
+        enroll_agent(session, settings, federation.name, f"site_{i}", held)
+    first = tasks.tick(runtime)
+    assert len(first.started_rounds) == 1
+    assert tasks.tick(runtime).started_rounds == ()  # next one in an hour
+    with runtime.db.scope() as check:
+        started = check.get_one(Round, first.started_rounds[0])
+        assert started.stage is RoundStage.ADVERTISE_KEYS
+        assert len(started.participants) == 3
