@@ -115,18 +115,16 @@ def _precheck_columns(config: AgentConfig) -> None:
 
 @app.command()
 def enroll(
+    config_file: ConfigOption = Path("agent.toml"),
     token: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="The one-time enrollment token from the federation's admin "
-            "(prompted for when not given).",
+            "(asked for when not given and a terminal is attached).",
             envvar="FMTL_AGENT_ENROLLMENT_TOKEN",
             show_envvar=True,
-            prompt="Enrollment token",
-            hide_input=True,
         ),
-    ],
-    config_file: ConfigOption = Path("agent.toml"),
+    ] = None,
     coordinator: Annotated[
         str | None,
         typer.Option(
@@ -137,14 +135,41 @@ def enroll(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing identity and enrollment.")
     ] = False,
+    existing_key: Annotated[
+        bool,
+        typer.Option(
+            "--existing-key",
+            help="Enroll the key already at the configured key file (made beforehand, e.g. a "
+            "mounted secret) instead of generating one.",
+        ),
+    ] = False,
+    skip_if_enrolled: Annotated[
+        bool,
+        typer.Option(
+            "--skip-if-enrolled",
+            help="Exit 0 without enrolling when this state folder is already enrolled "
+            "(for init containers).",
+        ),
+    ] = False,
 ) -> None:
     """Make this institution's identity key and enroll it with the coordinator (once)."""
     with _readable_errors():
         from agent.enrollment import enroll as enroll_agent
+        from agent.identity import load_identity
         from agent.state_store import EncryptedFileStore
 
         configure(LogFormat.TEXT, level="WARNING")
         config = load_config(config_file)
+        if skip_if_enrolled and config.profile_file.exists():
+            typer.echo(f"already enrolled ({config.profile_file}); nothing to do")
+            return
+        if not token:
+            if not sys.stdin.isatty():
+                raise ConfigError(
+                    "--token: missing; give the enrollment token from the federation's admin "
+                    "(or set FMTL_AGENT_ENROLLMENT_TOKEN)"
+                )
+            token = typer.prompt("Enrollment token", hide_input=True)
         url = coordinator or config.coordinator.url
         if not url:
             raise ConfigError(
@@ -152,7 +177,10 @@ def enroll(
                 f"in {config.source})"
             )
         _precheck_columns(config)
-        enrollment, identity = enroll_agent(config, coordinator=url, token=token, force=force)
+        key = load_identity(config.key_file, config.key_passphrase) if existing_key else None
+        enrollment, identity = enroll_agent(
+            config, coordinator=url, token=token, force=force, identity=key
+        )
         if force:
             EncryptedFileStore(config.rounds_dir, identity).clear()
         profile = enrollment.profile

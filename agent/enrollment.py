@@ -168,22 +168,26 @@ def enroll(
     force: bool = False,
     identity: Ed25519PrivateKey | None = None,
 ) -> tuple[Enrollment, Ed25519PrivateKey]:
-    """Enroll with `token` at `coordinator`; stores the key and the profile on success only."""
+    """Enroll with `token` at `coordinator`; stores the key and the profile on success only.
+
+    With `identity` given (a key made beforehand, e.g. mounted from a Kubernetes secret at
+    the configured key file), that key is enrolled and no key file is written.
+    """
     try:
         url = check_coordinator_url(coordinator)
     except ValueError as exc:
         raise EnrollmentError(f"--coordinator: {exc}") from None
     token = token.strip()
     key_file = config.key_file
+    existing_key = identity is not None
     if not force:
-        for existing in (config.profile_file, key_file):
+        for existing in (config.profile_file, *(() if existing_key else (key_file,))):
             if existing.exists():
                 raise IdentityExists(
                     f"{existing}: this agent is already enrolled; enrolling again replaces its "
                     "identity (the old one stops working): pass --force"
                 )
     ensure_private_dir(config.state_dir)
-    ensure_private_dir(key_file.parent)
     private_key = identity or generate_identity()
     try:
         request = EnrollmentRequest(
@@ -196,19 +200,25 @@ def enroll(
             "--token: not an enrollment token (it is the `enrollment_token` an admin got when "
             "inviting your institution)"
         ) from None
-    # The key is on disk (0600) before it is registered, so a crash right after the
-    # coordinator accepted it cannot lose it; it moves into place only on success.
-    staged = key_file.with_name(f".{key_file.name}.enrolling")
-    write_private_file(staged, identity_pem(private_key, config.key_passphrase))
-    try:
+    if existing_key:
         profile = _post_enrollment(
             url, request, timeout_s=config.coordinator.timeout_s, verify=http_verify(config)
         )
-        staged.replace(key_file)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            staged.unlink()
-        raise
+    else:
+        # The key is on disk (0600) before it is registered, so a crash right after the
+        # coordinator accepted it cannot lose it; it moves into place only on success.
+        ensure_private_dir(key_file.parent)
+        staged = key_file.with_name(f".{key_file.name}.enrolling")
+        write_private_file(staged, identity_pem(private_key, config.key_passphrase))
+        try:
+            profile = _post_enrollment(
+                url, request, timeout_s=config.coordinator.timeout_s, verify=http_verify(config)
+            )
+            staged.replace(key_file)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()
+            raise
     enrollment = Enrollment(coordinator_url=url, profile=profile, stored_at=datetime.now(UTC))
     write_private_file(
         config.profile_file,
