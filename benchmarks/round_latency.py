@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
 import os
 import platform
 import statistics
@@ -233,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--hidden", type=str, default=None, help="encoder widths, e.g. 256,128")
     args = parser.parse_args(argv)
+    # The lightweight agents' own warnings (e.g. a report arriving after a plain round
+    # closed) are not what this benchmark measures.
+    logging.getLogger("agent").setLevel(logging.ERROR)
     ns = (
         [int(x) for x in args.ns.split(",")]
         if args.ns
