@@ -640,10 +640,21 @@ def recover_aggregation(
         sa.select(UnmaskSlice).where(UnmaskSlice.round_id == round_.id).order_by(UnmaskSlice.index)
     ).all()
     pending = [s for s in slices if s.state is SliceState.PENDING]
-    round_.stage_deadline = now + timedelta(seconds=settings.slice_lease_s)
     if not pending:
         return [Followup(FINISH_TASK, (round_.id,))]
-    stale = [s for s in pending if s.lease_expires_at is None or s.lease_expires_at <= now]
+    # A slice nobody has taken yet may just be waiting in the queue: re-send it only once a
+    # whole lease period has passed (the stage deadline); a taken one once its lease ran out.
+    queue_timed_out = round_.stage_deadline is None or round_.stage_deadline <= now
+    stale = [
+        s
+        for s in pending
+        if (s.lease_expires_at is None and queue_timed_out)
+        or (s.lease_expires_at is not None and s.lease_expires_at <= now)
+    ]
+    if not stale:
+        return []
+    round_.stage_deadline = now + timedelta(seconds=settings.slice_lease_s)
+    # Check again once the re-sent slices' leases could have run out (the tick does too).
     again = Followup(
         ADVANCE_TASK, (round_.id,), countdown=settings.slice_lease_s + DEADLINE_GRACE_S
     )
