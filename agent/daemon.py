@@ -187,6 +187,7 @@ class Daemon:
         self.finished: set[tuple[str, int]] = set()
         self._unexpected = 0
         self._refused_polls = 0
+        self._seen_open: set[tuple[str, int]] = set()
         self._last: tuple[Outcome, int | None] | None = None
 
     def _wait(self, seconds: float) -> None:
@@ -310,6 +311,10 @@ class Daemon:
             if changed:
                 event(_log, "idle", level=10)
             return
+        if result.outcome not in (Outcome.COMPLETED, Outcome.FAILED):
+            self._seen_open.add((federation, number))
+        elif not self._took_part(federation, number):
+            return  # a round that ended before this process ever saw it open
         if result.outcome in _ACTIONS:
             event(_log, f"stage_{result.outcome.value}", round=number, stage=result.stage)
         elif result.outcome is Outcome.DROPPED and changed:
@@ -344,6 +349,14 @@ class Daemon:
             event(_log, "round_declined_waiting", round=number, detail=result.detail)
         elif changed:
             event(_log, "waiting", level=10, round=number, stage=result.stage, detail=result.detail)
+
+    def _took_part(self, federation: str, number: int) -> bool:
+        """Whether this agent had a part in a round that has now ended: it saw the round
+        open, or its ledger shows the round joined and not yet ended (before a restart)."""
+        if (federation, number) in self._seen_open:
+            return True
+        entry = self.ledger.round(federation, number)
+        return entry is not None and not entry.status.final
 
     def _leave_current_round(self, reason: str) -> None:
         """Mark the round in progress as abandoned (the participant will not retry it)."""

@@ -156,7 +156,11 @@ def test_rounds_complete_and_the_global_model_improves(
     rounds = 3
     document = stack.create_federation("heart", stage_timeout_s=LONG_STAGE_S)
     spec = _spec(document)
-    enroll_all(stack, "heart", hospitals)
+    # One hospital's key was made beforehand and is encrypted (as a Kubernetes secret).
+    hospitals[0].existing_key = True
+    hospitals[0].passphrase = "correct horse battery staple"
+    enroll_all(stack, "heart", hospitals, cli=True)
+    assert b"ENCRYPTED" in (hospitals[0].folder / "state" / "identity.key").read_bytes()
     start_all(hospitals, "--max-rounds", str(rounds))
     for number in range(1, rounds + 1):
         assert stack.start_round("heart") == number

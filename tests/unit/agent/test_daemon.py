@@ -75,12 +75,14 @@ def test_network_errors_back_off_then_rounds_count_to_max_rounds(
     config: AgentConfig, tmp_path: Path
 ) -> None:
     script: list[object] = [
+        StepResult(Outcome.COMPLETED, round=7, detail="completed"),  # ended before we started
         CoordinatorUnreachable("down"),
         CoordinatorUnreachable("still down"),
         StepResult(Outcome.IDLE, poll_after_s=1.0),
         StepResult(Outcome.ADVERTISED, round=1),
         StepResult(Outcome.COMPLETED, round=1, detail="completed"),
         StepResult(Outcome.COMPLETED, round=1, detail="completed"),  # seen again: once
+        StepResult(Outcome.WAITING, round=2),
         StepResult(Outcome.FAILED, round=2, detail="too few"),
     ]
     daemon, waits, ledger = _daemon(config, script, tmp_path, max_rounds=2)
@@ -94,7 +96,7 @@ def test_network_errors_back_off_then_rounds_count_to_max_rounds(
         budget_epsilon=3,
     )
     assert daemon.run() == EXIT_OK
-    backoff_waits = waits[:2]
+    backoff_waits = waits[1:3]
     assert backoff_waits[1] >= backoff_waits[0] * 0.5  # grows (with jitter)
     assert len(daemon.finished) == 2
     assert daemon.work.forgotten == [1, 2]  # type: ignore[attr-defined]

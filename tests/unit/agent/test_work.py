@@ -165,6 +165,7 @@ def test_trained_result_round_trips_through_the_encrypted_store(
     store = EncryptedFileStore(tmp_path / "rounds", generate_identity())
     with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
         work = _work(config, spec, ledger, store)
+        work.show_progress = True  # a Rich progress bar on stderr
         work.decide(_assignment(spec, 1))
         result = work.train(_assignment(spec, 1), _global(spec))
     decoded = decode_result(encode_result(result))
