@@ -27,6 +27,7 @@ import re
 import secrets
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +40,14 @@ from typing import Final
 
 import httpx
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from fmtl import tables
 from fmtl.admin_client import AdminClient, AdminError, RoundInfo
@@ -233,6 +241,11 @@ class DemoRun:
 
     def run(self) -> DemoOutcome:
         example = load_example(locate_example(self.options.example))
+        names = [hospital.name for hospital in example.hospitals]
+        if self.options.drop_agent is not None and self.options.drop_agent not in names:
+            raise DemoError(
+                f"--drop-agent must be one of {', '.join(names)} (got {self.options.drop_agent!r})"
+            )
         self._prepare_folder()
         started = datetime.now(UTC)
         try:
@@ -465,7 +478,12 @@ class DemoRun:
             )
         for child in processes:
             child.expected_exit = True
-            child.process.wait(READY_TIMEOUT_S)
+            try:
+                child.process.wait(READY_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise ChildFailed(
+                    f"{child.name} did not finish in {READY_TIMEOUT_S:.0f} s: read {child.log}"
+                ) from None
             if child.process.returncode != 0:
                 raise ChildFailed(
                     f"{child.name} failed with status {child.process.returncode}: read "
@@ -539,7 +557,7 @@ class DemoRun:
         admin: AdminClient,
         number: int,
         progress: Progress,
-        overall: object,
+        overall: TaskID,
         drop: bool,
     ) -> RoundInfo:
         options = self.options
@@ -552,7 +570,7 @@ class DemoRun:
             self.children.check()
             current = admin.round(self.federation, number)
             progress.update(
-                overall,  # type: ignore[arg-type]
+                overall,
                 description=f"round {number}: {current.stage} ({time.monotonic() - began:.0f} s)",
             )
             if (

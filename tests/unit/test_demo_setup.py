@@ -162,3 +162,15 @@ def test_agents_are_unseeded_unless_the_run_asks_for_reproducibility(
     seeded = config(7)
     assert seeded.training.seed == 7
     assert seeded.data.split_seed == 7
+
+
+def test_cli_refuses_an_unknown_hospital_to_drop_before_starting(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        demo_app,
+        ["--agents-drop-at", "share_keys", "--drop-agent", "mayo", "--out", str(tmp_path / "r")],
+    )
+    assert result.exit_code == 1
+    assert "--drop-agent must be one of cleveland, hungarian, switzerland, va (got 'mayo')" in (
+        result.output
+    )
+    assert not (tmp_path / "r").exists()
