@@ -214,7 +214,7 @@ def ledger_table(entries: Sequence[LedgerEntry]) -> Table:
     table = _compact(
         f"Privacy ledger ({', '.join(accountants) or 'no entries'}; δ = {', '.join(deltas) or '-'})"
     )
-    columns = ["institution", "round", "σ", "q", "steps", "ε reported", "ε recomputed"]
+    columns = ["institution", "round", "σ", "q", "steps", "ε", "ε recomputed"]
     columns += ["budget", "check"]
     if len(federations) > 1:
         columns.insert(0, "federation")
