@@ -18,7 +18,6 @@ depend on any data (post-processing).
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -170,6 +169,7 @@ class LocalTrainer:
         )
 
     def evaluate_train(self, global_vector: NDArray[np.generic]) -> Metrics:
+        """The same metrics on the training split (to see over- or underfitting locally)."""
         return evaluate_split(
             self.spec,
             self._model(global_vector),
@@ -348,11 +348,6 @@ def _select(
         {t: y[idx] for t, y in labels.items()},
         {t: m[idx] for t, m in masks.items()},
     )
-
-
-def fresh_seed() -> int:
-    """A random seed for runs that should differ (privacy-relevant draws use the OS CSPRNG)."""
-    return secrets.randbits(31)
 
 
 __all__ = ["LocalTrainer", "RoundPlan", "TrainingOutcome", "resolve_device"]

@@ -327,6 +327,18 @@ def main(argv: list[str] | None = None) -> None:
         )
     print(f"\nheld-out metrics, mean ± sd over {len(seeds)} seeds (mae in beats per minute):")
     print_table(results)
+    if len(seeds) > 1:
+        per_seed = {m: [headline({m: [run]}, m) for run in results[m]] for m in METHODS}
+        print("\ndisease auc, mean over hospitals, per seed: mean ± sd over seeds")
+        for method in METHODS:
+            values = per_seed[method]
+            print(f"  {method:<8} {_mean(values):.3f} ± {statistics.stdev(values):.3f}")
+        for other in ("local", "pooled"):
+            diff = [a - b for a, b in zip(per_seed["fmtl_dp"], per_seed[other], strict=True)]
+            print(
+                f"  fmtl_dp - {other:<7} {_mean(diff):+.3f} ± {statistics.stdev(diff):.3f} "
+                "(paired by seed)"
+            )
     print(
         f"\nDP: largest epsilon spent by a hospital {max(spent):.3f} (budget {args.epsilon:g}, "
         f"delta {spec.dp.delta:g}); {time.perf_counter() - started:.0f} s in all"
