@@ -287,8 +287,14 @@ def timeline_chart(record: DemoRecord) -> str:
         note = "; ".join(dropped + declined)
         if note:
             finish = ((item.finished_at or end) - origin).total_seconds()
-            at = f"{left + finish / total * plot_w + 4:.1f}"
-            out.append(_el("text", _e(note), x=at, y=y + 13, cls="note"))
+            begin = (item.stages[0].opened_at - origin).total_seconds()
+            if finish / total < 0.6:  # room on the right of the bar
+                at, anchor = left + finish / total * plot_w + 4, "start"
+            else:  # late rounds: on the left of the bar, inside the picture
+                at, anchor = left + begin / total * plot_w - 4, "end"
+            out.append(
+                _el("text", _e(note), x=f"{at:.1f}", y=y + 13, cls="note", text_anchor=anchor)
+            )
     out.append("</svg>")
     legend = "".join(
         f'<span class="key"><span class="swatch" style="background:{colour}"></span>'
