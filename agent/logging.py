@@ -21,6 +21,8 @@ from typing import Final, TextIO
 
 #: The logger every agent module logs to (children: `fmtl.agent.<module>`).
 ROOT_LOGGER: Final = "fmtl.agent"
+#: Modules that log with `logging.getLogger(__name__)` (`agent.round_participant`, ...).
+_PACKAGE_LOGGER: Final = "agent"
 
 #: Field names never written, whatever their value (defence in depth: callers never pass
 #: them, this makes sure a mistake cannot leak a secret or an update into a log file).
@@ -117,18 +119,21 @@ def configure(
     stream: TextIO | None = None,
 ) -> logging.Logger:
     """Send the agent's events to `stream` (stderr) in `log_format`; returns the root logger."""
-    logger = logging.getLogger(ROOT_LOGGER)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stderr)
     formatter: logging.Formatter = (
         JsonFormatter() if LogFormat(log_format) is LogFormat.JSON else TextFormatter()
     )
     handler.setFormatter(formatter)
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
-    return logger
+    # Our events, and the plain messages of the agent package's other modules (the round
+    # participant, the coordinator client), in the same format on the same stream.
+    for name in (ROOT_LOGGER, _PACKAGE_LOGGER):
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+    return logging.getLogger(ROOT_LOGGER)
 
 
 def get_logger(name: str) -> logging.Logger:

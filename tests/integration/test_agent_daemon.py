@@ -281,3 +281,31 @@ def test_a_tampered_upload_is_rejected_and_the_round_goes_on_without_it(
     # Nothing of the altered upload is in the aggregate: exactly the honest agents' average.
     expected = _expected_model(spec, stack.model("heart", 0), list(contributions.values()))
     np.testing.assert_allclose(stack.model("heart", 1), expected, atol=2e-6)
+
+
+def test_enrollment_mistakes_are_one_line_errors_that_store_nothing(
+    stack: Stack, hospitals: list[Hospital]
+) -> None:
+    stack.create_federation("heart", stage_timeout_s=LONG_STAGE_S)
+    first, second = hospitals[0], hospitals[1]
+    token = stack.invite("heart", first.name, first.tasks)
+
+    unknown = first.enroll("fmtl_enroll_" + "A" * 43)
+    _, err = unknown.communicate(timeout=300)
+    assert unknown.returncode == 1
+    assert err.strip() == (
+        "error: the coordinator refused the enrollment: unknown enrollment token; "
+        "ask the federation's admin for a new enrollment token"
+    )
+    assert not (first.folder / "state" / "identity.key").exists()
+
+    enrolled = first.enroll(token)
+    assert enrolled.communicate(timeout=300)[0].startswith(f"enrolled '{first.name}'")
+    assert enrolled.returncode == 0
+
+    reused = second.enroll(token)  # another institution tries the same (used) token
+    _, err = reused.communicate(timeout=300)
+    assert reused.returncode == 1
+    assert len(err.strip().splitlines()) == 1
+    assert "this enrollment token was already used" in err
+    assert not (second.folder / "state" / "profile.json").exists()

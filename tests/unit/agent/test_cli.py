@@ -6,6 +6,8 @@ import json
 import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -99,3 +101,57 @@ def test_fmtl_entry_point_has_the_agent_commands() -> None:
     assert done.returncode == 0
     for command in ("enroll", "run", "status", "check"):
         assert command in done.stdout
+
+
+class _NotACoordinator(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        body = b"<html>not here</html>"
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def test_a_url_that_is_not_an_fmtl_coordinator_is_named(tmp_path: Path) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _NotACoordinator)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = runner.invoke(
+            app,
+            [
+                "enroll",
+                "--config",
+                str(write_config(tmp_path)),
+                "--coordinator",
+                url,
+                "--token",
+                "x",
+            ],
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == EXIT_FAILURE
+    line = _one_error_line(result.stderr)
+    assert f"{url} does not look like an fmtl coordinator (HTTP 404" in line
+    assert not (tmp_path / "state" / "identity.key").exists()
+
+
+def test_an_enrolled_agent_is_not_replaced_without_force(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "profile.json").write_text("{}")
+    result = runner.invoke(
+        app,
+        ["enroll", "--config", str(path), "--coordinator", "http://127.0.0.1:9", "--token", "t"],
+    )
+    assert result.exit_code == EXIT_FAILURE
+    assert "already enrolled" in _one_error_line(result.stderr)
+    assert "--force" in result.stderr

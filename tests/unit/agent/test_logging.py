@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import numpy as np
 
@@ -51,3 +52,13 @@ def test_text_format_is_one_readable_line() -> None:
     assert "\n" not in line
     assert "warning" in line
     assert "round_declined round=4 reason=budget" in line
+
+
+def test_messages_of_other_agent_modules_share_the_format() -> None:
+    stream = io.StringIO()
+    configure(LogFormat.JSON, stream=stream)
+    logging.getLogger("agent.round_participant").warning("leaving round %s: %s", 3, "why")
+    document = json.loads(stream.getvalue())
+    assert document["event"] == "leaving round 3: why"
+    assert document["logger"] == "agent.round_participant"
+    assert document["level"] == "warning"
