@@ -100,6 +100,62 @@ def test_demo_runs_rounds_with_four_agent_processes_and_writes_the_report(tmp_pa
     assert all(r.participants == 4 for r in record.rounds)
     assert "task-wise results" in done.stdout
     assert "Privacy spend" in done.stdout
+    _admin_reads_the_run_afterwards(out, tmp_path)
+
+
+def _admin_reads_the_run_afterwards(out: Path, tmp_path: Path) -> None:
+    """docs/demo.md: the run folder can be served again and queried with `fmtl admin`."""
+    import json
+    import time
+
+    import httpx
+
+    from fmtl.demo_run import free_port
+
+    port = free_port()
+    base = {key: value for key, value in os.environ.items() if not key.startswith("FMTL_")}
+    env = {**base, "FMTL_STATE_DIR": str(out / "coordinator"), "FMTL_PORT": str(port)}
+    token = subprocess.run(
+        [sys.executable, "-m", "fmtl", "coordinator", "create-token", "--role", "admin"],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.strip()  # fmt: skip
+    with (tmp_path / "serve-again.log").open("wb") as sink:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "fmtl", "coordinator", "serve"],
+            env=env, stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            assert serve.poll() is None, (tmp_path / "serve-again.log").read_text()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the coordinator did not serve the run again"
+            time.sleep(0.2)
+        admin_env = {**base, "FMTL_ADMIN_TOKEN": token, "FMTL_COORDINATOR_URL": url}
+
+        def admin(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "fmtl", "admin", *args],
+                env=admin_env, capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+
+        rounds = admin("rounds", "heart_disease", "--json")
+        assert rounds.returncode == 0, rounds.stderr
+        assert [r["stage"] for r in json.loads(rounds.stdout)] == ["completed", "completed"]
+        results = admin("results", "heart_disease", "--round", "2")
+        assert results.returncode == 0, results.stderr
+        assert "disease" in results.stdout
+        audit = admin("audit-verify")
+        assert audit.returncode == 0, audit.stderr
+        assert audit.stdout.startswith("audit log intact")
+    finally:
+        serve.terminate()
+        serve.wait(30)
 
 
 def test_demo_recovers_from_an_agent_killed_after_share_keys(tmp_path: Path) -> None:
