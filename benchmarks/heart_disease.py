@@ -287,7 +287,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=None, help=f"default: {DEFAULT_ROUNDS}")
     parser.add_argument("--epsilon", type=float, default=5.0, help="DP budget per hospital")
     parser.add_argument("--quick", action="store_true", help="seeds 0 1, fewer rounds")
+    parser.add_argument(
+        "--service",
+        action="store_true",
+        help="also run the same settings and seeds through the service (coordinator and "
+        "agent processes) and print both side by side (benchmarks/heart_disease_service.py)",
+    )
     args = parser.parse_args(argv)
+    if args.service:
+        from benchmarks.heart_disease_service import main_service
+
+        raise SystemExit(main_service(args.seeds, args.rounds, args.epsilon, quick=args.quick))
     # Ten seeds by default: a validation split holds 8 (Switzerland) to 61 (Cleveland)
     # patients, so one seed's AUC moves by several hundredths from the split alone.
     seeds = args.seeds or ([0, 1] if args.quick else list(range(10)))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
 import os
 import platform
 import statistics
@@ -155,6 +156,8 @@ class Timing:
     mode: str
     seconds: list[float]
     vector_length: int
+    #: stage -> its duration in each timed round
+    stages: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def median(self) -> float:
@@ -163,11 +166,12 @@ class Timing:
 
 def run_rounds(
     base_url: str, admin: AdminClient, federation: str, rounds: int
-) -> tuple[list[float], int]:
-    seconds = []
+) -> tuple[list[float], int, dict[str, list[float]]]:
+    seconds: list[float] = []
+    stages: dict[str, list[float]] = {}
     length = 0
     for _ in range(rounds):
-        started = admin.start_round(federation)
+        started = admin.start_next_round(federation)
         deadline = time.monotonic() + ROUND_TIMEOUT_S
         current = started
         while not current.finished:
@@ -184,8 +188,12 @@ def run_rounds(
         if current.created_at is None or current.finished_at is None:
             raise RuntimeError(f"round {started.number} of {federation} has no timestamps")
         seconds.append((current.finished_at - current.created_at).total_seconds())
+        for stage in current.stages:
+            if stage.closed_at is not None and stage.stage != "scheduled":
+                duration = (stage.closed_at - stage.opened_at).total_seconds()
+                stages.setdefault(stage.stage, []).append(duration)
         length = current.vector_length or 0
-    return seconds, length
+    return seconds, length, stages
 
 
 def measure(
@@ -209,7 +217,7 @@ def measure(
     try:
         # One untimed round first: it creates model version 0 and warms every cache.
         run_rounds(base_url, admin, federation, 1)
-        seconds, length = run_rounds(base_url, admin, federation, rounds)
+        seconds, length, stages = run_rounds(base_url, admin, federation, rounds)
     finally:
         stop.set()
         for thread in threads:
@@ -221,7 +229,7 @@ def measure(
         console.print(
             f"[yellow]{len(errors)} agent request errors (retried), first: {errors[0]}[/yellow]"
         )
-    return Timing(n, mode, seconds, length)
+    return Timing(n, mode, seconds, length, stages)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--hidden", type=str, default=None, help="encoder widths, e.g. 256,128")
     args = parser.parse_args(argv)
+    # The lightweight agents' own warnings (e.g. a report arriving after a plain round
+    # closed) are not what this benchmark measures.
+    logging.getLogger("agent").setLevel(logging.ERROR)
     ns = (
         [int(x) for x in args.ns.split(",")]
         if args.ns
@@ -307,6 +318,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{ratios[n]:.2f}",
         )
     console.print(table)
+    order = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmasking")
+    breakdown = Table(title="Median stage durations, seconds")
+    breakdown.add_column("n / mode")
+    for stage in (*order, "aggregating"):
+        breakdown.add_column(stage, justify="right")
+    for timing in timings:
+        breakdown.add_row(
+            f"{timing.n} {timing.mode}",
+            *(
+                f"{statistics.median(timing.stages[stage]):.2f}" if stage in timing.stages else "-"
+                for stage in (*order, "aggregating")
+            ),
+        )
+    console.print(breakdown)
     console.print(
         f"agents: threads driving RoundParticipant with a trivial LocalWork, polling every "
         f"{AGENT_POLL_S} s; coordinator: embedded (SQLite, in-process worker); "

@@ -184,7 +184,7 @@ def round_start(
 ) -> None:
     """Start the federation's next round."""
     with _client(ctx) as client:
-        started = client.start_round(federation)
+        started = client.start_next_round(federation, timeout_s=0.0)
         typer.echo(f"round {started.number} of '{federation}': {started.stage}", err=True)
         if not wait:
             return

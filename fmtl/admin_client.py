@@ -11,6 +11,7 @@ coordinator's problem `detail` (RFC 9457) with the status, or what could not be 
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -18,6 +19,8 @@ from typing import Any, Final, TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
+#: Pause between attempts to start a round while the previous one is still finishing.
+START_RETRY_S: Final = 0.5
 #: Seconds to wait for one API call (the API answers from the database; rounds run elsewhere).
 DEFAULT_TIMEOUT_S: Final = 30.0
 
@@ -268,6 +271,32 @@ class AdminClient:
     def start_round(self, federation: str) -> RoundInfo:
         response = self._call("POST", f"/api/v1/federations/{federation}/rounds", json={})
         return self._parse(response, RoundInfo)
+
+    def start_next_round(
+        self, federation: str, after: int | None = None, *, timeout_s: float = 30.0
+    ) -> RoundInfo:
+        """Start the round after round `after` (default: the latest), tolerating races.
+
+        A 409 can mean the round opened anyway: the coordinator's periodic tick may select
+        the new round's participants before the request does. Then that round is returned
+        rather than another one started; a 409 because the previous round is still
+        finishing is retried until `timeout_s`.
+        """
+        if after is None:
+            after = max((r.number for r in self.rounds(federation)), default=0)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.start_round(federation)
+            except AdminError as exc:
+                if exc.status != 409:
+                    raise
+                opened = [r for r in self.rounds(federation) if r.number > after]
+                if opened:
+                    return opened[0]
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(START_RETRY_S)
 
     def rounds(self, federation: str) -> list[RoundInfo]:
         response = self._call("GET", f"/api/v1/federations/{federation}/rounds")

@@ -56,7 +56,14 @@ def demo(
         Path | None,
         typer.Option(help="Run folder (default ./fmtl-demo/<UTC time>); must be new or empty."),
     ] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the initial model and data order.")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Make the run reproducible: seeds the initial model, the data splits and each "
+            "agent's training, DP noise included (default: unseeded, noise from the OS).",
+        ),
+    ] = None,
     stage_timeout: Annotated[
         float, typer.Option(min=1.0, help="Deadline of each protocol stage (seconds).")
     ] = 30.0,

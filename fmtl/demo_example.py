@@ -95,7 +95,7 @@ def demo_spec(
     *,
     name: str,
     rounds: int,
-    seed: int,
+    seed: int | None,
     stage_timeout_s: float,
     local_epochs: float | None = None,
     secure: bool = True,
@@ -109,7 +109,8 @@ def demo_spec(
     """
     spec: dict[str, Any] = json.loads(json.dumps(example.spec))  # a deep copy
     spec["name"] = name
-    spec.setdefault("model", {})["init_seed"] = seed
+    if seed is not None:
+        spec.setdefault("model", {})["init_seed"] = seed
     spec.setdefault("dp", {})["planned_rounds"] = rounds
     schedule = spec.setdefault("schedule", {})
     schedule["stage_timeout_s"] = stage_timeout_s
@@ -172,14 +173,15 @@ def agent_config(
     epsilon: float,
     delta: float,
     accountant: str,
-    seed: int,
+    seed: int | None,
     poll_interval_s: float,
     split_seed: int | None = None,
 ) -> str:
     """The agent.toml of one hospital: its data mapping, its own budget, its state folder.
 
-    `seed` seeds the agent's training (data order, initialisation); `split_seed`, when
-    given, replaces the mapping's seed of its train/validation split.
+    `seed` seeds the agent's training (data order and DP noise: reproducible, for demos and
+    benchmarks only; None leaves the noise to the OS's CSPRNG); `split_seed`, when given,
+    replaces the mapping's seed of its train/validation split.
     """
     data = dict(hospital.mapping)
     data["path"] = str((hospital.mapping_file.parent / str(data["path"])).resolve())
@@ -190,7 +192,7 @@ def agent_config(
         "state": {"dir": str(state_dir)},
         "data": data,
         "privacy": {"epsilon": epsilon, "delta": delta, "accountant": accountant},
-        "training": {"device": "cpu", "seed": seed},
+        "training": {"device": "cpu"} if seed is None else {"device": "cpu", "seed": seed},
         "daemon": {
             "poll_interval_s": poll_interval_s,
             "backoff_initial_s": 0.2,

@@ -89,6 +89,7 @@ def line_chart(
     x_label: str = "round",
     y_label: str = "",
     integer_x: bool = True,
+    y_from_zero: bool = False,
 ) -> str:
     """An SVG line chart with axes, ticks, markers and a legend."""
     points = [p for s in series for p in s.points]
@@ -101,7 +102,7 @@ def line_chart(
         x0, x1 = x0 - 1, x1 + 1
     y0, y1 = min(ys), max(ys)
     pad = (y1 - y0) * 0.08 or max(abs(y0) * 0.1, 0.05)
-    y0, y1 = y0 - pad, y1 + pad
+    y0, y1 = (0.0 if y_from_zero and y0 >= 0 else y0 - pad), y1 + pad
     plot_w = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
     plot_h = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
 
@@ -206,18 +207,22 @@ def privacy_chart(record: DemoRecord) -> str:
         Series(name, [(float(x), y) for x, y in points], colours.get(name, "#777777"))
         for name, points in curves.items()
     ]
-    for name, budget in sorted(record.budgets().items()):
+    budgets = record.budgets()
+    ends = (1.0, float(last_round))
+    if budgets and len(set(budgets.values())) == 1:
+        budget = next(iter(budgets.values()))
         series.append(
-            Series(
-                f"{name} budget",
-                [(1.0, budget), (float(last_round), budget)],
-                colours.get(name, "#777777"),
-                1.0,
-                True,
-            )
+            Series("budget (every hospital)", [(x, budget) for x in ends], "#777777", 1.2, True)
         )
+    else:
+        for name, budget in sorted(budgets.items()):
+            colour = colours.get(name, "#777777")
+            series.append(Series(f"{name} budget", [(x, budget) for x in ends], colour, 1.0, True))
     return line_chart(
-        "Cumulative ε per hospital (coordinator's recomputation)", series, y_label="ε"
+        "Cumulative ε per hospital (coordinator's recomputation)",
+        series,
+        y_label="ε",
+        y_from_zero=True,
     )
 
 
@@ -282,8 +287,14 @@ def timeline_chart(record: DemoRecord) -> str:
         note = "; ".join(dropped + declined)
         if note:
             finish = ((item.finished_at or end) - origin).total_seconds()
-            at = f"{left + finish / total * plot_w + 4:.1f}"
-            out.append(_el("text", _e(note), x=at, y=y + 13, cls="note"))
+            begin = (item.stages[0].opened_at - origin).total_seconds()
+            if finish / total < 0.6:  # room on the right of the bar
+                at, anchor = left + finish / total * plot_w + 4, "start"
+            else:  # late rounds: on the left of the bar, inside the picture
+                at, anchor = left + begin / total * plot_w - 4, "end"
+            out.append(
+                _el("text", _e(note), x=f"{at:.1f}", y=y + 13, cls="note", text_anchor=anchor)
+            )
     out.append("</svg>")
     legend = "".join(
         f'<span class="key"><span class="swatch" style="background:{colour}"></span>'

@@ -27,6 +27,7 @@ import re
 import secrets
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +40,14 @@ from typing import Final
 
 import httpx
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from fmtl import tables
 from fmtl.admin_client import AdminClient, AdminError, RoundInfo
@@ -89,6 +97,8 @@ EMBEDDED_STACK: Final = "embedded (SQLite, in-process worker)"
 #: The line an agent logs once it is ready to take part (`agent.daemon`, text log format).
 AGENT_STARTED: Final = re.compile(r"^\S+\s+info\s+started\b", re.MULTILINE)
 AGENT_START_WAIT_S: Final = 120.0
+#: Where `fmtl agent enroll` reads its one-time token from.
+ENROLLMENT_TOKEN_ENV: Final = "FMTL_AGENT_ENROLLMENT_TOKEN"  # noqa: S105 - a variable name
 #: The last model version's parameters (model layout, little-endian float32).
 FINAL_MODEL_FILE: Final = "final_model.f32"
 
@@ -103,7 +113,9 @@ class DemoOptions:
     postgres: str | None = None
     redis: str | None = None
     out: Path | None = None
-    seed: int = 0
+    #: None: the spec's initial model, the mappings' splits, unseeded training (DP noise
+    #: from the OS's CSPRNG). A seed makes the whole run reproducible, DP noise included.
+    seed: int | None = None
     example: Path | None = None
     stage_timeout_s: float = 30.0
     local_epochs: float | None = None
@@ -229,6 +241,11 @@ class DemoRun:
 
     def run(self) -> DemoOutcome:
         example = load_example(locate_example(self.options.example))
+        names = [hospital.name for hospital in example.hospitals]
+        if self.options.drop_agent is not None and self.options.drop_agent not in names:
+            raise DemoError(
+                f"--drop-agent must be one of {', '.join(names)} (got {self.options.drop_agent!r})"
+            )
         self._prepare_folder()
         started = datetime.now(UTC)
         try:
@@ -313,7 +330,7 @@ class DemoRun:
             "epsilon per hospital": o.epsilon,
             "delta": example.spec.get("dp", {}).get("delta", 1e-5),
             "accountant": example.spec.get("dp", {}).get("accountant", "rdp"),
-            "seed": o.seed,
+            "seed": "none (DP noise from the OS's CSPRNG)" if o.seed is None else o.seed,
             "stage deadline (s)": o.stage_timeout_s,
             "aggregation": "secure (masked)" if o.secure else "plain (unmasked, benchmark)",
             "agent killed at": o.agents_drop_at,
@@ -440,7 +457,9 @@ class DemoRun:
                     epsilon=self.options.epsilon,
                     delta=float(exp.get("delta", 1e-5)),
                     accountant=str(exp.get("accountant", "rdp")),
-                    seed=agent_seed(self.options.seed, index),
+                    seed=None
+                    if self.options.seed is None
+                    else agent_seed(self.options.seed, index),
                     split_seed=self.options.seed,
                     poll_interval_s=0.5,
                 ),
@@ -451,21 +470,20 @@ class DemoRun:
                 self.children.start(
                     f"agent-{hospital.name}-enroll",
                     fmtl_command(
-                        "agent",
-                        "enroll",
-                        "--coordinator",
-                        self.url,
-                        "--token",
-                        tokens[hospital.name],
-                        "--config",
-                        str(config),
+                        "agent", "enroll", "--coordinator", self.url, "--config", str(config)
                     ),
-                    self._agent_env(),
+                    # In the environment, not the command line (process listings show that).
+                    {**self._agent_env(), ENROLLMENT_TOKEN_ENV: tokens[hospital.name]},
                 )
             )
         for child in processes:
             child.expected_exit = True
-            child.process.wait(READY_TIMEOUT_S)
+            try:
+                child.process.wait(READY_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise ChildFailed(
+                    f"{child.name} did not finish in {READY_TIMEOUT_S:.0f} s: read {child.log}"
+                ) from None
             if child.process.returncode != 0:
                 raise ChildFailed(
                     f"{child.name} failed with status {child.process.returncode}: read "
@@ -522,21 +540,11 @@ class DemoRun:
                     )
 
     def _start_round(self, admin: AdminClient, after: int) -> RoundInfo:
-        """Start the round after round `after`; a 409 whose round did open is that round."""
-        deadline = time.monotonic() + 30.0
-        while True:
-            self.children.check()
-            try:
-                return admin.start_round(self.federation)
-            except AdminError as exc:
-                if exc.status != 409 or time.monotonic() > deadline:
-                    raise DemoError(f"cannot start a round: {exc}") from None
-                # A conflict can mean the round opened anyway (the scheduler's tick selected
-                # its participants first): follow it rather than start another.
-                opened = [r for r in admin.rounds(self.federation) if r.number > after]
-                if opened:
-                    return opened[0]
-            time.sleep(0.5)
+        self.children.check()
+        try:
+            return admin.start_next_round(self.federation, after)
+        except AdminError as exc:
+            raise DemoError(f"cannot start a round: {exc}") from None
 
     def _victim(self) -> _Agent:
         name = self.options.drop_agent or list(self.agents)[-1]
@@ -549,7 +557,7 @@ class DemoRun:
         admin: AdminClient,
         number: int,
         progress: Progress,
-        overall: object,
+        overall: TaskID,
         drop: bool,
     ) -> RoundInfo:
         options = self.options
@@ -562,7 +570,7 @@ class DemoRun:
             self.children.check()
             current = admin.round(self.federation, number)
             progress.update(
-                overall,  # type: ignore[arg-type]
+                overall,
                 description=f"round {number}: {current.stage} ({time.monotonic() - began:.0f} s)",
             )
             if (

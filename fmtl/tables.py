@@ -30,6 +30,11 @@ NOT_METRICS = frozenset({"n"})
 TERMINAL_HIDDEN = frozenset({"loss"})
 
 
+def _compact(title: str) -> Table:
+    """A table that fits a terminal: a rule under the header, no vertical borders."""
+    return Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+
+
 def _when(value: datetime | None) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
@@ -71,9 +76,9 @@ def institutions_table(items: Sequence[InstitutionInfo]) -> Table:
 
 
 def rounds_table(items: Sequence[RoundInfo]) -> Table:
-    table = Table(title="Rounds")
+    table = _compact("Rounds")
     for column in ("round", "stage", "participants", "t", "base model", "started", "seconds"):
-        table.add_column(column, justify="right" if column != "stage" else "left")
+        table.add_column(column, justify="right" if column != "stage" else "left", no_wrap=True)
     for item in items:
         stage = (
             item.stage if item.failure_reason is None else f"{item.stage}: {item.failure_reason}"
@@ -203,27 +208,37 @@ def spend_table(entries: Sequence[LedgerEntry], round_number: int | None = None)
 
 
 def ledger_table(entries: Sequence[LedgerEntry]) -> Table:
-    table = Table(title="Privacy ledger")
-    for column in (
-        "federation", "institution", "round", "accountant", "σ", "q", "steps", "δ",
-        "ε reported", "ε recomputed", "budget", "check",
-    ):  # fmt: skip
-        table.add_column(column)
+    federations = sorted({entry.federation for entry in entries})
+    deltas = sorted({f"{entry.delta:g}" for entry in entries})
+    accountants = sorted({entry.accountant for entry in entries})
+    table = _compact(
+        f"Privacy ledger ({', '.join(accountants) or 'no entries'}; δ = {', '.join(deltas) or '-'})"
+    )
+    columns = ["institution", "round", "σ", "q", "steps", "ε", "ε recomputed"]
+    columns += ["budget", "check"]
+    if len(federations) > 1:
+        columns.insert(0, "federation")
+    for column in columns:
+        table.add_column(
+            column,
+            no_wrap=True,
+            justify="left" if column in ("federation", "institution") else "right",
+        )
     for entry in entries:
-        table.add_row(
-            entry.federation,
+        row = [
             entry.institution,
             str(entry.round),
-            entry.accountant,
             f"{entry.noise_multiplier:.3f}",
-            f"{entry.sample_rate:.4f}",
+            f"{entry.sample_rate:.3f}",
             str(entry.steps),
-            f"{entry.delta:.0e}",
             f"{entry.reported_epsilon:.3f}",
             f"{entry.recomputed_epsilon:.3f}",
             "" if entry.budget_epsilon is None else f"{entry.budget_epsilon:.2f}",
-            "MISMATCH" if entry.mismatch else "ok",
-        )
+            "[red]MISMATCH[/red]" if entry.mismatch else "ok",
+        ]
+        if len(federations) > 1:
+            row.insert(0, entry.federation)
+        table.add_row(*row)
     return table
 
 

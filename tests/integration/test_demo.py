@@ -57,7 +57,7 @@ def _check_run(out: Path, done: subprocess.CompletedProcess[str], rounds: int) -
         in_sum = {
             names[p.institution_id] for p in round_info.participant_list if p.status == "completed"
         }
-        assert len(in_sum) >= round_info.threshold if round_info.threshold else 3
+        assert len(in_sum) >= (round_info.threshold or 3)
         for hospital in example.hospitals:
             if hospital.name not in in_sum:
                 continue
@@ -100,6 +100,62 @@ def test_demo_runs_rounds_with_four_agent_processes_and_writes_the_report(tmp_pa
     assert all(r.participants == 4 for r in record.rounds)
     assert "task-wise results" in done.stdout
     assert "Privacy spend" in done.stdout
+    _admin_reads_the_run_afterwards(out, tmp_path)
+
+
+def _admin_reads_the_run_afterwards(out: Path, tmp_path: Path) -> None:
+    """docs/demo.md: the run folder can be served again and queried with `fmtl admin`."""
+    import json
+    import time
+
+    import httpx
+
+    from fmtl.demo_run import free_port
+
+    port = free_port()
+    base = {key: value for key, value in os.environ.items() if not key.startswith("FMTL_")}
+    env = {**base, "FMTL_STATE_DIR": str(out / "coordinator"), "FMTL_PORT": str(port)}
+    token = subprocess.run(
+        [sys.executable, "-m", "fmtl", "coordinator", "create-token", "--role", "admin"],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.strip()  # fmt: skip
+    with (tmp_path / "serve-again.log").open("wb") as sink:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "fmtl", "coordinator", "serve"],
+            env=env, stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            assert serve.poll() is None, (tmp_path / "serve-again.log").read_text()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the coordinator did not serve the run again"
+            time.sleep(0.2)
+        admin_env = {**base, "FMTL_ADMIN_TOKEN": token, "FMTL_COORDINATOR_URL": url}
+
+        def admin(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "fmtl", "admin", *args],
+                env=admin_env, capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+
+        rounds = admin("rounds", "heart_disease", "--json")
+        assert rounds.returncode == 0, rounds.stderr
+        assert [r["stage"] for r in json.loads(rounds.stdout)] == ["completed", "completed"]
+        results = admin("results", "heart_disease", "--round", "2")
+        assert results.returncode == 0, results.stderr
+        assert "disease" in results.stdout
+        audit = admin("audit-verify")
+        assert audit.returncode == 0, audit.stderr
+        assert audit.stdout.startswith("audit log intact")
+    finally:
+        serve.terminate()
+        serve.wait(30)
 
 
 def test_demo_recovers_from_an_agent_killed_after_share_keys(tmp_path: Path) -> None:
@@ -125,3 +181,69 @@ def test_demo_on_postgresql_redis_and_a_worker_process(
     record = _check_run(out, done, rounds=2)
     assert record.stack.startswith("PostgreSQL, Redis broker")
     assert (out / "logs" / "coordinator-worker.log").is_file()
+
+
+def _processes_of(run_dir: Path) -> list[int]:
+    """Processes still running for this demo: by the run folder in their command line or
+    their FMTL_STATE_DIR (the coordinator's)."""
+    needle = str(run_dir).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline or b"FMTL_STATE_DIR=" + needle in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def test_ctrl_c_stops_every_child_process(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FMTL_")}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "fmtl", "demo", "--out", str(out), *FAST],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        # Interrupt once the agents run (their logs exist): the most children at once.
+        while not (out / "logs" / "agent-va.log").exists():
+            assert demo.poll() is None, demo.communicate()
+            assert time.monotonic() < deadline, "the agents never started"
+            time.sleep(0.2)
+        demo.send_signal(signal.SIGINT)
+        _, stderr = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 130
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted: stopped every child")
+    assert _processes_of(out) == []
+
+
+def test_a_data_file_missing_a_mapped_column_stops_the_demo_in_one_line(tmp_path: Path) -> None:
+    import shutil
+
+    example = tmp_path / "example"
+    shutil.copytree(locate_example(), example)
+    mapping = example / "mapping_va.toml"
+    mapping.write_text(mapping.read_text().replace('"chol"', '"cholesterol"', 1))
+    out = tmp_path / "run"
+    done = _demo(out, *FAST, "--example", str(example))
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: agent-va")
+    assert str(out / "logs") in lines[0]
+    assert "cholesterol" in lines[0]
+    assert _processes_of(out) == []

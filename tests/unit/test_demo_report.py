@@ -156,7 +156,7 @@ def test_every_svg_in_the_report_is_well_formed_xml() -> None:
 def test_report_shows_privacy_budget_and_dropout_in_the_timeline() -> None:
     page = render_report(_record())
     assert 'aria-label="Cumulative ε per hospital' in page
-    assert "va budget" in page
+    assert "budget (every hospital)" in page  # equal budgets: one line
     assert "va dropped at share_keys" in page
     assert "killed the agent of va at share_keys" in page
     assert "Audit log intact: 120" in page
@@ -194,3 +194,12 @@ def test_report_rerenders_from_saved_record(tmp_path: Path) -> None:
     record.save(tmp_path / "record.json")
     assert main([str(tmp_path / "record.json"), str(tmp_path / "report.html")]) == 0
     assert (tmp_path / "report.html").read_text() == render_report(record)
+
+
+def test_hospitals_with_different_budgets_each_get_their_budget_line() -> None:
+    record = _record()
+    record.hospitals[3] = record.hospitals[3].model_copy(update={"budget_epsilon": 3.0})
+    record.ledger[:] = [e.model_copy(update={"budget_epsilon": None}) for e in record.ledger]
+    page = render_report(record)
+    assert "<title>va budget</title>" in page
+    assert "<title>cleveland budget</title>" in page

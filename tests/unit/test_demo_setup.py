@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent.config import parse_config
+from agent.config import AgentConfig, parse_config
 from federation.spec import FederationSpec
 from fmtl.demo import app as demo_app
 from fmtl.demo_example import agent_config, demo_spec, load_example, locate_example, to_toml
@@ -136,3 +136,41 @@ def test_example_folder_without_a_spec_is_named(tmp_path: Path) -> None:
 )
 def test_postgres_urls_get_the_psycopg_driver(url: str) -> None:
     assert postgres_sqlalchemy_url(url) == "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def test_agents_are_unseeded_unless_the_run_asks_for_reproducibility(
+    example_dir: Path, tmp_path: Path
+) -> None:
+    hospital = load_example(example_dir).hospitals[0]
+
+    def config(seed: int | None) -> AgentConfig:
+        text = agent_config(
+            hospital,
+            coordinator_url="http://127.0.0.1:8123",
+            state_dir=tmp_path / "state",
+            epsilon=3.0,
+            delta=1e-5,
+            accountant="rdp",
+            seed=seed,
+            split_seed=seed,
+            poll_interval_s=0.5,
+        )
+        return parse_config(tomllib.loads(text))
+
+    assert config(None).training.seed is None  # DP noise from the OS's CSPRNG
+    assert config(None).data.split_seed == hospital.mapping.get("split_seed", 0)
+    seeded = config(7)
+    assert seeded.training.seed == 7
+    assert seeded.data.split_seed == 7
+
+
+def test_cli_refuses_an_unknown_hospital_to_drop_before_starting(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        demo_app,
+        ["--agents-drop-at", "share_keys", "--drop-agent", "mayo", "--out", str(tmp_path / "r")],
+    )
+    assert result.exit_code == 1
+    assert "--drop-agent must be one of cleveland, hungarian, switzerland, va (got 'mayo')" in (
+        result.output
+    )
+    assert not (tmp_path / "r").exists()

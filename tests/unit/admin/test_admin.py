@@ -162,3 +162,25 @@ def test_spend_table_shows_the_latest_cumulative_epsilon_and_mismatches() -> Non
     assert "MISMATCH" in text
     assert "0.500" not in text
     assert "0.500" in _render(tables.spend_table([entry(1, 0.5), entry(2, 0.9)], 1))
+
+
+def test_start_next_round_follows_a_round_the_scheduler_opened_first(
+    admin_client: AdminClient, session: object
+) -> None:
+    from coordinator.audit.service import Actor, ActorKind
+    from coordinator.federations.service import get_federation
+    from coordinator.rounds.service import open_round
+
+    admin_client.create_federation(SPEC)
+    # The scheduler opened round 1 a moment before the admin asked for the next one.
+    open_round(
+        session,  # type: ignore[arg-type]
+        get_federation(session, "heart"),  # type: ignore[arg-type]
+        actor=Actor(ActorKind.SYSTEM, "scheduler"),
+    )
+    started = admin_client.start_next_round("heart", after=0, timeout_s=0.0)
+    assert started.number == 1
+    # With nothing newer than round 1, the conflict is reported, not waited out forever.
+    with pytest.raises(AdminError) as raised:
+        admin_client.start_next_round("heart", after=1, timeout_s=0.0)
+    assert raised.value.status == 409
