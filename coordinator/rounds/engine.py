@@ -254,7 +254,7 @@ def start_round(
         )
     ensure_initial_model(session, blobs, federation)
     session.commit()
-    round_ = service.open_round(session, federation, actor=actor)
+    round_ = service.open_round(session, federation, actor=actor, commit=False)
     followups = select(session, settings, round_, actor=actor, now=now)
     session.commit()
     return round_, followups

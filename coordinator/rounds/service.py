@@ -84,8 +84,13 @@ def open_round(
     *,
     actor: audit.Actor,
     scheduled_for: datetime | None = None,
+    commit: bool = True,
 ) -> Round:
-    """Create the federation's next round in stage SCHEDULED (one open round at a time)."""
+    """Create the federation's next round in stage SCHEDULED (one open round at a time).
+
+    With `commit=False` the round stays in the caller's transaction, so that the engine can
+    open it and select its participants atomically (no tick can see it half-made).
+    """
     open_numbers = session.scalars(
         sa.select(Round.number).where(
             Round.federation_id == federation.id, Round.stage.not_in(TERMINAL_STAGES)
@@ -118,7 +123,8 @@ def open_round(
         _subject(federation, created),
         {"scheduled_for": None if scheduled_for is None else scheduled_for.isoformat()},
     )
-    session.commit()
+    if commit:
+        session.commit()
     return created
 
 
