@@ -169,8 +169,11 @@ class EmbeddedWorker:
         controller = self._controller
 
         def run() -> None:
-            # Celery resolves tasks through the thread's current app when it executes them.
+            # Celery resolves tasks through the thread's current app when it executes them,
+            # and countdown (ETA) tasks run on Celery's timer thread, which sees only the
+            # process-wide default app: make ours both (one coordinator app per process).
             self.app.set_current()
+            self.app.set_default()
             controller.start()
 
         self._worker_thread = threading.Thread(target=run, name="fmtl-embedded-worker", daemon=True)
