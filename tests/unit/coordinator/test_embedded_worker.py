@@ -21,6 +21,19 @@ from .conftest import EnrolledAgent
 DEADLINE_S = 20.0
 
 
+def wait_for_expired_nonces_removed(runtime: Runtime) -> int:
+    """Poll until the tick has removed every stored nonce; the number left at the deadline."""
+    deadline = time.monotonic() + DEADLINE_S
+    remaining = 1
+    while time.monotonic() < deadline:
+        with runtime.db.scope() as probe:
+            remaining = probe.scalar(sa.select(sa.func.count()).select_from(SignatureNonce)) or 0
+        if remaining == 0:
+            break
+        time.sleep(0.05)
+    return remaining
+
+
 def test_the_in_process_worker_runs_the_periodic_tick(
     settings: Settings, runtime: Runtime, session: Session, enrolled_agent: EnrolledAgent
 ) -> None:
@@ -35,16 +48,7 @@ def test_the_in_process_worker_runs_the_periodic_tick(
     fast = settings.model_copy(update={"tick_interval_s": 0.2})
     with TestClient(create_app(fast)) as client:
         assert client.get("/readyz").json()["broker"] == "ok"
-        deadline = time.monotonic() + DEADLINE_S
-        remaining = 1
-        while time.monotonic() < deadline:
-            with runtime.db.scope() as probe:
-                remaining = (
-                    probe.scalar(sa.select(sa.func.count()).select_from(SignatureNonce)) or 0
-                )
-            if remaining == 0:
-                break
-            time.sleep(0.05)
+        remaining = wait_for_expired_nonces_removed(runtime)
     assert remaining == 0, "the tick never ran on the embedded worker"
 
 
@@ -66,14 +70,5 @@ def test_the_in_process_worker_runs_countdown_tasks(
         assert client.get("/readyz").json()["broker"] == "ok"
         celery = app.state.celery
         celery.send_task(TICK_TASK, countdown=0.3)
-        deadline = time.monotonic() + DEADLINE_S
-        remaining = 1
-        while time.monotonic() < deadline:
-            with runtime.db.scope() as probe:
-                remaining = (
-                    probe.scalar(sa.select(sa.func.count()).select_from(SignatureNonce)) or 0
-                )
-            if remaining == 0:
-                break
-            time.sleep(0.05)
+        remaining = wait_for_expired_nonces_removed(runtime)
     assert remaining == 0, "a countdown task never ran on the embedded worker"
