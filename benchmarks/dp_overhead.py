@@ -16,7 +16,9 @@ left out: it costs the same with or without DP):
 A step is forward, backward and the optimizer update. Plain PyTorch uses the mean loss;
 a DP step is `privacy.dp.PrivateTraining.step` (per-sample gradients or norms, clipping
 to C = 1, Gaussian noise sigma = 1, the update) in each of Opacus' modes: `hooks`,
-`functorch`, `ew` (ExpandedWeights), `ghost` (ghost clipping). Timings are interleaved
+`functorch`, `ew` (ExpandedWeights), `ghost` (ghost clipping); and in `bk`, book-keeping
+clipping (`privacy.dp.bookkeeping`: ghost clipping's norms, one backward pass, Opacus'
+optimizer for the noise). Timings are interleaved
 (plain, then each mode, repeated) so that all modes see the same machine load; a mode's
 time is the median over repetitions, and its ratio is that over plain's median.
 

@@ -175,7 +175,7 @@ class DPSpec(_Spec):
     planned_rounds: int = Field(default=10, ge=1, le=100_000)
     delta: float = Field(default=1e-5, gt=0.0, lt=1.0)
     accountant: Accountant = Accountant.RDP
-    grad_sample_mode: Literal["hooks", "functorch", "ew", "ghost"] = "hooks"
+    grad_sample_mode: Literal["hooks", "functorch", "ew", "ghost", "bk"] = "hooks"
 
 
 class SecAggSpec(_Spec):

@@ -18,6 +18,8 @@ Grad-sample modes are Opacus': `hooks` (autograd hooks, per-layer grad samplers)
 ExpandedWeights) and `ghost` (ghost clipping, Li et al. 2022, "Large Language Models Can
 Be Strong Differentially Private Learners": per-sample gradient *norms* without
 materialising per-sample gradients, then a second backward pass of the clipped loss).
+`bk` is book-keeping clipping for MLPs (`privacy.dp.bookkeeping`): the same norms, and the
+clipped sum formed from one backward pass; Opacus' optimizer adds the noise as in `ghost`.
 An empty Poisson batch still takes a step: the update is the noise alone, as DP-SGD's
 analysis assumes.
 """
@@ -36,12 +38,14 @@ from opacus.grad_sample import (
     GradSampleModuleFastGradientClipping,
 )
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 
+from privacy.dp.bookkeeping import BookKeepingClipper
 from privacy.dp.errors import InvalidPrivacyParameter, UnsupportedMode
 
-GradSampleMode = Literal["hooks", "functorch", "ew", "ghost"]
+GradSampleMode = Literal["hooks", "functorch", "ew", "ghost", "bk"]
 GRAD_SAMPLE_MODES: Final[tuple[str, ...]] = get_args(GradSampleMode)
 
 
@@ -51,6 +55,42 @@ def private_generator(device: torch.device | str, seed: int | None = None) -> to
     generator = torch.Generator(device=device)
     generator.manual_seed(secrets.randbits(63) if seed is None else seed)
     return generator
+
+
+class _InPlaceNoiseOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc]
+    """Opacus' optimizer for the modes that leave the clipped sum in `.grad` (ghost, bk).
+
+    `add_noise` is Opacus' own (N(0, (sigma C)^2) per coordinate from `generator`, added to
+    the clipped sum) except that the noise is drawn into a buffer kept per parameter and
+    added in place, instead of allocating a zero tensor, a noise tensor and their sum the
+    size of the model at every step; and `accumulate` takes the step's clipped sum over
+    from `.grad` (which is cleared) where Opacus deep-copies it.
+    """
+
+    def accumulate(self) -> None:
+        for p in self.params:
+            if p.summed_grad is not None:
+                p.summed_grad.add_(p.grad)
+            else:
+                p.summed_grad = p.grad.detach()
+                p.grad = None  # a later backward pass writes a new tensor, never this sum
+
+    def add_noise(self) -> None:
+        std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * (
+            self.max_grad_norm
+        )
+        buffers: dict[int, torch.Tensor] = self.__dict__.setdefault("_noise_buffers", {})
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            noisy: torch.Tensor = p.summed_grad
+            if std > 0:
+                noise = buffers.get(id(p))
+                if noise is None or noise.shape != noisy.shape:
+                    noise = buffers[id(p)] = torch.empty_like(noisy)
+                noise.normal_(0.0, std, generator=self.generator)
+                noisy.add_(noise)
+            p.grad = noisy.view_as(p)
+            _mark_as_processed(p.summed_grad)
 
 
 class PrivateTraining:
@@ -90,15 +130,27 @@ class PrivateTraining:
         # makes the actual size random; dividing by it would leak it).
         self.module: nn.Module
         self.optimizer: DPOptimizer
+        self._bookkeeping: BookKeepingClipper | None = None
         try:
-            if mode == "ghost":
+            if mode == "bk":
+                self._bookkeeping = BookKeepingClipper(module, max_grad_norm)
+                self.module = module
+                self.optimizer = _InPlaceNoiseOptimizer(
+                    optimizer,
+                    noise_multiplier=noise_multiplier,
+                    max_grad_norm=max_grad_norm,
+                    expected_batch_size=expected_batch_size,
+                    loss_reduction="mean",
+                    generator=generator,
+                )
+            elif mode == "ghost":
                 self.module = GradSampleModuleFastGradientClipping(
                     module,
                     loss_reduction="sum",
                     max_grad_norm=max_grad_norm,
                     use_ghost_clipping=True,
                 )
-                self.optimizer = DPOptimizerFastGradientClipping(
+                self.optimizer = _InPlaceNoiseOptimizer(
                     optimizer,
                     noise_multiplier=noise_multiplier,
                     max_grad_norm=max_grad_norm,
@@ -158,13 +210,19 @@ class PrivateTraining:
         with warnings.catch_warnings():
             # Inputs never require grad here; the hooks only need the outputs' gradients.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            outputs = self.module(inputs)
+            if self._bookkeeping is not None:
+                with self._bookkeeping.recording():
+                    outputs = self.module(inputs)
+            else:
+                outputs = self.module(inputs)
             losses = per_sample_loss(outputs)
             if losses.shape != (batch,):
                 raise ValueError(
                     f"per_sample_loss must return shape ({batch},), got {tuple(losses.shape)}"
                 )
-            if self.mode == "ghost":
+            if self._bookkeeping is not None:
+                self._bookkeeping.backward(losses)
+            elif self.mode == "ghost":
                 DPTensorFastGradientClipping(
                     self.module, self.optimizer, losses, loss_reduction="sum"
                 ).backward()
@@ -175,7 +233,7 @@ class PrivateTraining:
     def _empty_batch(self) -> None:
         """An empty Poisson batch: zero clipped sum, so the step adds the noise alone."""
         for p in self.optimizer.params:
-            if self.mode == "ghost":
+            if self.mode in ("ghost", "bk"):
                 p.grad = torch.zeros_like(p)
             else:
                 p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
@@ -186,6 +244,8 @@ class PrivateTraining:
 
     def close(self) -> None:
         """Detach Opacus from the module (hooks and per-sample attributes)."""
+        if self._bookkeeping is not None:
+            self._bookkeeping.close()
         remove = getattr(self.module, "_close", None)
         if callable(remove):
             remove()

@@ -203,3 +203,20 @@ def test_fedprox_keeps_the_local_model_closer_to_the_global_one(
         outcome = trainer.train(start(spec), trainer.plan(noise_multiplier=0.5))
         drift[mu] = np.linalg.norm(outcome.local_vector - start(spec))
     assert drift[5.0] < drift[0.0]
+
+
+def test_bookkeeping_clipping_trains_the_same_model_as_opacus_hooks(
+    heart_disease_dir: Path, heart_spec: FederationSpec
+) -> None:
+    # Same seed, same Poisson batches, same noise draws: the two modes may differ only by
+    # floating-point rounding (they compute the same clipped sums by different routes).
+    vectors = {}
+    for mode in ("hooks", "bk"):
+        spec = heart_spec.model_copy(
+            update={"dp": heart_spec.dp.model_copy(update={"grad_sample_mode": mode})}
+        )
+        trainer = cleveland(heart_disease_dir, spec)
+        vectors[mode] = trainer.train(start(spec), trainer.plan(noise_multiplier=1.0)).local_vector
+    moved = np.abs(vectors["hooks"] - start(heart_spec)).max()
+    assert moved > 1e-3
+    assert np.allclose(vectors["bk"], vectors["hooks"], atol=1e-5 * moved)
