@@ -185,6 +185,12 @@ class LocalTrainer:
             return private_generator(device)
         return private_generator(device, (self._seed * 1_000_003 + self._rounds) * 4 + stream)
 
+    def _noise_seed(self) -> int | None:
+        """None (a key from os.urandom) unless the trainer is seeded: tests, benchmarks."""
+        if self._seed is None:
+            return None
+        return (self._seed * 1_000_003 + self._rounds) * 4 + 1
+
     def train(
         self,
         global_vector: NDArray[np.generic],
@@ -233,7 +239,7 @@ class LocalTrainer:
                 max_grad_norm=dp.max_grad_norm,
                 expected_batch_size=plan.sample_rate * n,
                 mode=dp.grad_sample_mode,
-                generator=self._generator(self.device, 1),
+                noise_seed=self._noise_seed(),
             )
         normalisers = {t: n / labelled[t] for t in self.tasks_trained}
 

@@ -48,7 +48,6 @@ from agent.loss import multitask_loss, per_sample_loss
 from federation.model import build_model
 from federation.spec import FederationSpec, TaskKind
 from privacy.dp import GRAD_SAMPLE_MODES, PrivateTraining
-from privacy.dp.engine import private_generator
 
 HEART_SPEC = Path(__file__).resolve().parent.parent / "examples/heart_disease/federation.json"
 
@@ -140,7 +139,7 @@ def private_step(work: Workload, device: torch.device, mode: str) -> Callable[[]
         max_grad_norm=1.0,
         expected_batch_size=float(work.batch),
         mode=mode,
-        generator=private_generator(device, 0),
+        noise_seed=0,
     )
 
     def step() -> None:

@@ -20,6 +20,8 @@ Be Strong Differentially Private Learners": per-sample gradient *norms* without
 materialising per-sample gradients, then a second backward pass of the clipped loss).
 `bk` is book-keeping clipping for MLPs (`privacy.dp.bookkeeping`): the same norms, and the
 clipped sum formed from one backward pass; Opacus' optimizer adds the noise as in `ghost`.
+The Gaussian noise comes from `privacy.dp.noise` (AES-256-CTR keystream, Box-Muller), keyed
+from `os.urandom`, in every mode; Opacus' optimizers do the rest (clip, sum, scale).
 An empty Poisson batch still takes a step: the update is the noise alone, as DP-SGD's
 analysis assumes.
 """
@@ -44,28 +46,70 @@ from torch import nn
 
 from privacy.dp.bookkeeping import BookKeepingClipper
 from privacy.dp.errors import InvalidPrivacyParameter, UnsupportedMode
+from privacy.dp.noise import GaussianNoise
 
 GradSampleMode = Literal["hooks", "functorch", "ew", "ghost", "bk"]
 GRAD_SAMPLE_MODES: Final[tuple[str, ...]] = get_args(GradSampleMode)
 
 
 def private_generator(device: torch.device | str, seed: int | None = None) -> torch.Generator:
-    """A generator for noise or sampling on `device`: seeded from the OS's CSPRNG unless a
-    seed is given (tests and reproducible benchmarks only)."""
+    """A generator for Poisson sampling on `device`: seeded from the OS's CSPRNG unless a
+    seed is given (tests and reproducible benchmarks only). The noise has its own,
+    cryptographically secure source (`privacy.dp.noise`)."""
     generator = torch.Generator(device=device)
     generator.manual_seed(secrets.randbits(63) if seed is None else seed)
     return generator
 
 
-class _InPlaceNoiseOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc]
-    """Opacus' optimizer for the modes that leave the clipped sum in `.grad` (ghost, bk).
+def _add_noise(optimizer: Any, noise: GaussianNoise, buffers: dict[str, torch.Tensor]) -> None:
+    """Opacus' `add_noise` with the noise from `noise` (`privacy.dp.noise`): each coordinate
+    of the clipped sum gets N(0, (sigma C)^2). The noise of all parameters on a device is
+    drawn at once into a buffer kept between steps and added in place (Opacus allocates a
+    zero tensor, a noise tensor and their sum per parameter at every step)."""
+    std = optimizer.noise_multiplier * optimizer.max_grad_norm
+    params = list(optimizer.params)
+    for p in params:
+        _check_processed_flag(p.summed_grad)
+    if std > 0:
+        by_device: dict[str, list[torch.Tensor]] = {}
+        for p in params:
+            by_device.setdefault(str(p.summed_grad.device), []).append(p.summed_grad)
+        for device, sums in by_device.items():
+            total = sum(t.numel() for t in sums)
+            flat = buffers.get(device)
+            if flat is None or flat.numel() != total:
+                flat = buffers[device] = torch.empty(total, device=sums[0].device)
+            noise.fill_(flat, std)
+            offset = 0
+            for t in sums:
+                t.add_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+    for p in params:
+        p.grad = p.summed_grad.view_as(p)
+        _mark_as_processed(p.summed_grad)
 
-    `add_noise` is Opacus' own (N(0, (sigma C)^2) per coordinate from `generator`, added to
-    the clipped sum) except that the noise is drawn into a buffer kept per parameter and
-    added in place, instead of allocating a zero tensor, a noise tensor and their sum the
-    size of the model at every step; and `accumulate` takes the step's clipped sum over
-    from `.grad` (which is cleared) where Opacus deep-copies it.
-    """
+
+class _PerSampleOptimizer(DPOptimizer):  # type: ignore[misc]
+    """Opacus' optimizer for per-sample gradients (hooks, functorch, ew), our noise."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, noise: GaussianNoise, **kw: Any) -> None:
+        super().__init__(optimizer, **kw)
+        self._fmtl_noise = noise
+        self._fmtl_buffers: dict[str, torch.Tensor] = {}
+
+    def add_noise(self) -> None:
+        _add_noise(self, self._fmtl_noise, self._fmtl_buffers)
+
+
+class _ClippedSumOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc]
+    """Opacus' optimizer for the modes that leave the clipped sum in `.grad` (ghost, bk),
+    our noise; `accumulate` takes the step's clipped sum over from `.grad` (which is
+    cleared) where Opacus deep-copies it."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, noise: GaussianNoise, **kw: Any) -> None:
+        super().__init__(optimizer, **kw)
+        self._fmtl_noise = noise
+        self._fmtl_buffers: dict[str, torch.Tensor] = {}
 
     def accumulate(self) -> None:
         for p in self.params:
@@ -76,21 +120,7 @@ class _InPlaceNoiseOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[m
                 p.grad = None  # a later backward pass writes a new tensor, never this sum
 
     def add_noise(self) -> None:
-        std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * (
-            self.max_grad_norm
-        )
-        buffers: dict[int, torch.Tensor] = self.__dict__.setdefault("_noise_buffers", {})
-        for p in self.params:
-            _check_processed_flag(p.summed_grad)
-            noisy: torch.Tensor = p.summed_grad
-            if std > 0:
-                noise = buffers.get(id(p))
-                if noise is None or noise.shape != noisy.shape:
-                    noise = buffers[id(p)] = torch.empty_like(noisy)
-                noise.normal_(0.0, std, generator=self.generator)
-                noisy.add_(noise)
-            p.grad = noisy.view_as(p)
-            _mark_as_processed(p.summed_grad)
+        _add_noise(self, self._fmtl_noise, self._fmtl_buffers)
 
 
 class PrivateTraining:
@@ -105,7 +135,7 @@ class PrivateTraining:
         max_grad_norm: float,
         expected_batch_size: float,
         mode: GradSampleMode | str = "hooks",
-        generator: torch.Generator | None = None,
+        noise_seed: int | None = None,
     ) -> None:
         if mode not in GRAD_SAMPLE_MODES:
             raise UnsupportedMode(
@@ -119,9 +149,16 @@ class PrivateTraining:
             raise InvalidPrivacyParameter(
                 f"expected batch size must be > 0, got {expected_batch_size}"
             )
-        if generator is None:
-            device = next(module.parameters()).device
-            generator = private_generator(device)
+        # The noise key comes from os.urandom unless a seed is given (tests, benchmarks).
+        noise = (
+            GaussianNoise.from_os() if noise_seed is None else GaussianNoise.from_seed(noise_seed)
+        )
+        settings: dict[str, Any] = {
+            "noise_multiplier": noise_multiplier,
+            "max_grad_norm": max_grad_norm,
+            "expected_batch_size": expected_batch_size,
+            "loss_reduction": "mean",
+        }
         self.mode = mode
         self.noise_multiplier = float(noise_multiplier)
         self.max_grad_norm = float(max_grad_norm)
@@ -135,14 +172,7 @@ class PrivateTraining:
             if mode == "bk":
                 self._bookkeeping = BookKeepingClipper(module, max_grad_norm)
                 self.module = module
-                self.optimizer = _InPlaceNoiseOptimizer(
-                    optimizer,
-                    noise_multiplier=noise_multiplier,
-                    max_grad_norm=max_grad_norm,
-                    expected_batch_size=expected_batch_size,
-                    loss_reduction="mean",
-                    generator=generator,
-                )
+                self.optimizer = _ClippedSumOptimizer(optimizer, noise, **settings)
             elif mode == "ghost":
                 self.module = GradSampleModuleFastGradientClipping(
                     module,
@@ -150,14 +180,7 @@ class PrivateTraining:
                     max_grad_norm=max_grad_norm,
                     use_ghost_clipping=True,
                 )
-                self.optimizer = _InPlaceNoiseOptimizer(
-                    optimizer,
-                    noise_multiplier=noise_multiplier,
-                    max_grad_norm=max_grad_norm,
-                    expected_batch_size=expected_batch_size,
-                    loss_reduction="mean",
-                    generator=generator,
-                )
+                self.optimizer = _ClippedSumOptimizer(optimizer, noise, **settings)
             else:
                 if mode == "ew":
                     self.module = GradSampleModuleExpandedWeights(module, loss_reduction="sum")
@@ -165,14 +188,7 @@ class PrivateTraining:
                     self.module = GradSampleModule(
                         module, loss_reduction="sum", force_functorch=mode == "functorch"
                     )
-                self.optimizer = DPOptimizer(
-                    optimizer,
-                    noise_multiplier=noise_multiplier,
-                    max_grad_norm=max_grad_norm,
-                    expected_batch_size=expected_batch_size,
-                    loss_reduction="mean",
-                    generator=generator,
-                )
+                self.optimizer = _PerSampleOptimizer(optimizer, noise, **settings)
         except NotImplementedError as exc:
             raise UnsupportedMode(f"grad_sample_mode '{mode}' does not support: {exc}") from exc
 

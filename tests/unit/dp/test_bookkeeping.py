@@ -11,7 +11,6 @@ from federation.model import build_model
 from federation.spec import FederationSpec
 from privacy.dp import PrivateTraining, UnsupportedMode
 from privacy.dp.bookkeeping import BookKeepingClipper
-from privacy.dp.engine import private_generator
 from tests.unit.agent_training.conftest import small_spec
 
 C = 0.3
@@ -50,7 +49,7 @@ def clipped_update(spec: FederationSpec, mode: str, freeze: str | None = None) -
         max_grad_norm=C,
         expected_batch_size=1.0,
         mode=mode,
-        generator=private_generator("cpu", 0),
+        noise_seed=0,
     )
     normalisers = dict.fromkeys(labels, 2.0)
     engine.step(x, lambda out: per_sample_loss(spec, out, labels, masks, normalisers))

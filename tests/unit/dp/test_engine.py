@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from privacy.dp import GRAD_SAMPLE_MODES, PrivateTraining, UnsupportedMode
-from privacy.dp.engine import private_generator
 
 C = 0.5
 
@@ -41,7 +40,7 @@ def private(m: nn.Module, mode: str, sigma: float, seed: int = 0) -> PrivateTrai
         max_grad_norm=C,
         expected_batch_size=1.0,
         mode=mode,
-        generator=private_generator("cpu", seed),
+        noise_seed=seed,
     )
 
 
@@ -112,7 +111,7 @@ def test_frozen_parameters_are_neither_trained_nor_noised() -> None:
         noise_multiplier=1.0,
         max_grad_norm=C,
         expected_batch_size=4.0,
-        generator=private_generator("cpu", 0),
+        noise_seed=0,
     )
     engine.step(x, lambda out: loss(out, y))
     engine.close()
