@@ -17,10 +17,11 @@ A step is forward, backward and the optimizer update. Plain PyTorch uses the mea
 a DP step is `privacy.dp.PrivateTraining.step` (per-sample gradients or norms, clipping
 to C = 1, Gaussian noise sigma = 1, the update) in each of Opacus' modes: `hooks`,
 `functorch`, `ew` (ExpandedWeights), `ghost` (ghost clipping); and in `bk`, book-keeping
-clipping (`privacy.dp.bookkeeping`: ghost clipping's norms, one backward pass, Opacus'
-optimizer for the noise). Timings are interleaved
-(plain, then each mode, repeated) so that all modes see the same machine load; a mode's
-time is the median over repetitions, and its ratio is that over plain's median.
+clipping (`privacy.dp.bookkeeping`: ghost clipping's norms from one backward pass).
+Every DP mode draws its noise from `privacy.dp.noise` (AES-256-CTR, Box-Muller). Timings
+are interleaved (plain, then each mode, repeated) so that all modes see the same machine
+load; a mode's time is the median over repetitions, and its ratio is that over plain's
+median.
 
 The last line is the headline: the best mode's ratio for `mlp1m` at batch 256.
 """
