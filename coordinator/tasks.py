@@ -118,3 +118,12 @@ def unmask_slice(runtime: Runtime, round_id: int, index: int) -> list[Followup]:
 
 def finish_round(runtime: Runtime, round_id: int) -> list[Followup]:
     return aggregation.finish(runtime, round_id)
+
+
+def discard_round_blobs(runtime: Runtime, round_id: int) -> list[Followup]:
+    """Delete a failed round's masked uploads and slices (see `engine.fail`)."""
+    with runtime.db.scope() as session:
+        count = engine.discard_failed_round_blobs(session, runtime.blobs, round_id)
+    if count:
+        logger.info("round %s failed: %d blobs deleted", round_id, count)
+    return []

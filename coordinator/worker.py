@@ -22,10 +22,22 @@ from celery.signals import worker_process_init
 from celery.worker import WorkController
 from celery.worker import state as worker_state
 
-from coordinator.rounds.engine import ADVANCE_TASK, FINISH_TASK, SLICE_TASK, Followup
+from coordinator.rounds.engine import (
+    ADVANCE_TASK,
+    DISCARD_TASK,
+    FINISH_TASK,
+    SLICE_TASK,
+    Followup,
+)
 from coordinator.runtime import Runtime
 from coordinator.settings import Settings
-from coordinator.tasks import advance_round, finish_round, tick, unmask_slice
+from coordinator.tasks import (
+    advance_round,
+    discard_round_blobs,
+    finish_round,
+    tick,
+    unmask_slice,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +107,10 @@ def create_celery(settings: Settings, runtime: Runtime | None = None) -> Coordin
     @app.task(name=FINISH_TASK, shared=False)  # type: ignore[untyped-decorator]
     def _finish(round_id: int) -> None:
         send_followups(app, finish_round(app.runtime, round_id))
+
+    @app.task(name=DISCARD_TASK, shared=False)  # type: ignore[untyped-decorator]
+    def _discard(round_id: int) -> None:
+        send_followups(app, discard_round_blobs(app.runtime, round_id))
 
     def _forget_parent_pool(**_: object) -> None:
         app.runtime.db.forget_after_fork()

@@ -38,8 +38,6 @@ from coordinator.results.service import MetricValue, record_task_metrics
 from coordinator.rounds import engine, service
 from coordinator.rounds.engine import FINISH_TASK, Followup
 from coordinator.rounds.models import (
-    MaskedUpdate,
-    Participant,
     ParticipantStatus,
     Round,
     RoundRecord,
@@ -191,9 +189,9 @@ def finish(runtime: Runtime, round_id: int) -> list[Followup]:
                     state = ServerState()
             new_vector, new_state, report = apply_sums(spec, global_vector, sums, state)
         except (SecAggError, FederationError) as exc:
-            engine.fail(session, round_, f"aggregating: {exc}")
+            followups = engine.fail(session, round_, f"aggregating: {exc}")
             session.commit()
-            return []
+            return followups
         version = (latest_version_number(session, federation) or 0) + 1
         content = new_vector.astype("<f4").tobytes()
         blob = blobs.write(
@@ -237,14 +235,7 @@ def finish(runtime: Runtime, round_id: int) -> list[Followup]:
                 RoundRecord.round_id == round_.id, RoundRecord.kind == RoundRecordKind.UNMASK_PLAN
             )
         )
-        upload_keys = list(
-            session.scalars(
-                sa.select(MaskedUpdate.blob_key)
-                .join(Participant, MaskedUpdate.participant_id == Participant.id)
-                .where(Participant.round_id == round_.id)
-            )
-        )
-        slice_keys = [s.blob_key for s in slices if s.blob_key]
+        keys = engine.round_blob_keys(session, round_.id)
         session.commit()
         logger.info(
             "round %s completed: model version %s (parts updated: %s)",
@@ -252,7 +243,7 @@ def finish(runtime: Runtime, round_id: int) -> list[Followup]:
             version,
             ", ".join(report.updated_parts),
         )
-    engine.delete_round_blobs(blobs, [*upload_keys, *slice_keys])
+    engine.delete_round_blobs(blobs, keys)
     return []
 
 

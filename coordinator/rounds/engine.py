@@ -89,6 +89,7 @@ logger = logging.getLogger(__name__)
 ADVANCE_TASK: Final = "fmtl.round.advance"
 SLICE_TASK: Final = "fmtl.round.unmask_slice"
 FINISH_TASK: Final = "fmtl.round.finish"
+DISCARD_TASK: Final = "fmtl.round.discard_blobs"
 #: Extra delay of a deadline's countdown task, so it runs after the deadline, not before.
 DEADLINE_GRACE_S: Final = 0.5
 #: From this many participants on, `neighbour_graph = "auto"` uses the SecAgg+ graph.
@@ -371,8 +372,7 @@ def select(
             None if mode is AggregationMode.PLAIN else _graph(spec, n),
         )
     except SecAggError as exc:  # e.g. a graph that cannot be built for this n
-        fail(session, round_, f"selecting participants: {exc}")
-        return []
+        return fail(session, round_, f"selecting participants: {exc}")
     service.record_round_message(session, round_, RoundRecordKind.CONFIG, config.to_bytes())
     round_.vector_length = update_layout.length
     round_.layout_fingerprint = update_layout.fingerprint
@@ -403,8 +403,9 @@ def _enter(
     return [Followup(ADVANCE_TASK, (round_.id,), countdown=timeout + DEADLINE_GRACE_S)]
 
 
-def fail(session: Session, round_: Round, reason: str) -> None:
-    """End the round as FAILED with `reason` (recorded and audited)."""
+def fail(session: Session, round_: Round, reason: str) -> list[Followup]:
+    """End the round as FAILED with `reason` (recorded and audited); the follow-up deletes
+    its masked uploads and unmasked slices once this transaction has committed."""
     logger.info("round %s failed: %s", round_.id, reason)
     service.enter_stage(session, round_, RoundStage.FAILED, actor=audit.SYSTEM, reason=reason)
     # The plan's seeds must not outlive the round (docs/secagg.md, "What the server learns").
@@ -413,6 +414,7 @@ def fail(session: Session, round_: Round, reason: str) -> None:
             RoundRecord.round_id == round_.id, RoundRecord.kind == RoundRecordKind.UNMASK_PLAN
         )
     )
+    return [Followup(DISCARD_TASK, (round_.id,))]
 
 
 def drop(session: Session, round_: Round, participant: Participant, stage: RoundStage) -> None:
@@ -465,8 +467,7 @@ def _close(session: Session, settings: Settings, round_: Round, *, now: datetime
         config = round_config(session, round_)
         nxt = _closers[stage](session, settings, round_, config)
     except SecAggError as exc:
-        fail(session, round_, f"{stage.value}: {exc}")
-        return []
+        return fail(session, round_, f"{stage.value}: {exc}")
     if nxt is RoundStage.AGGREGATING:
         followups = _enter(
             session, settings, round_, nxt, actor=audit.SYSTEM, responders=responders, now=now
@@ -669,7 +670,33 @@ def open_round_ids(session: Session) -> list[int]:
     )
 
 
+def round_blob_keys(session: Session, round_id: int) -> list[str]:
+    """The blobs a round leaves behind: its masked uploads and its unmasked slices."""
+    uploads = session.scalars(
+        sa.select(MaskedUpdate.blob_key)
+        .join(Participant, MaskedUpdate.participant_id == Participant.id)
+        .where(Participant.round_id == round_id)
+    )
+    slices = session.scalars(
+        sa.select(UnmaskSlice.blob_key).where(
+            UnmaskSlice.round_id == round_id, UnmaskSlice.blob_key.is_not(None)
+        )
+    )
+    return [*uploads, *(key for key in slices if key)]
+
+
 def delete_round_blobs(blobs: BlobStore, keys: Sequence[str]) -> None:
     for key in keys:
         with contextlib.suppress(BlobNotFound):
             blobs.delete(key)
+
+
+def discard_failed_round_blobs(session: Session, blobs: BlobStore, round_id: int) -> int:
+    """Delete a FAILED round's uploads and slices (idempotent); returns how many keys."""
+    round_ = session.get(Round, round_id)
+    if round_ is None or round_.stage is not RoundStage.FAILED:
+        return 0
+    keys = round_blob_keys(session, round_id)
+    session.rollback()  # read only: end the transaction before the file work
+    delete_round_blobs(blobs, keys)
+    return len(keys)

@@ -22,11 +22,18 @@ from agent.round_state import InMemoryRoundStateStore
 from coordinator import tasks
 from coordinator.audit import service as audit
 from coordinator.audit.models import AuditAction, AuditEntry
+from coordinator.blobs.store import BlobNotFound
 from coordinator.db import utcnow
 from coordinator.federations.models import Federation
 from coordinator.model_versions.service import get_version
 from coordinator.rounds import engine
-from coordinator.rounds.engine import ADVANCE_TASK, FINISH_TASK, SLICE_TASK, Followup
+from coordinator.rounds.engine import (
+    ADVANCE_TASK,
+    DISCARD_TASK,
+    FINISH_TASK,
+    SLICE_TASK,
+    Followup,
+)
 from coordinator.rounds.models import ParticipantStatus, Round, RoundStage
 from coordinator.runtime import Runtime
 from coordinator.settings import Settings
@@ -51,6 +58,8 @@ def drain(runtime: Runtime, followups: list[Followup] | tuple[Followup, ...] = (
             queue += tasks.unmask_slice(runtime, *followup.args)
         elif followup.task == FINISH_TASK:
             queue += tasks.finish_round(runtime, *followup.args)
+        elif followup.task == DISCARD_TASK:
+            queue += tasks.discard_round_blobs(runtime, *followup.args)
 
 
 @pytest.fixture
@@ -235,6 +244,48 @@ def test_a_round_below_threshold_fails_with_the_reason_recorded(
         assert failed.failure_reason is not None
         assert "advertise_keys" in failed.failure_reason
     assert parts[0].step().outcome is Outcome.FAILED
+
+
+def blob_exists(runtime: Runtime, key: str) -> bool:
+    try:
+        runtime.blobs.stat(key)
+    except BlobNotFound:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("last_stage", [RoundStage.COMPLETED, RoundStage.FAILED])
+def test_a_finished_round_leaves_no_uploads_or_slices_behind(
+    runtime: Runtime,
+    http: TestClient,
+    federation: Federation,
+    agents: list[EnrolledAgent],
+    last_stage: RoundStage,
+) -> None:
+    works = works_for(federation, 3)
+    parts = [participant(http, a, w) for a, w in zip(agents, works, strict=True)]
+    round_id = start(runtime, federation.name)
+    run_until(runtime, parts, RoundStage.UNMASKING, round_id)
+    with runtime.db.scope() as session:
+        uploads = engine.round_blob_keys(session, round_id)
+    assert len(uploads) == 3
+    assert all(blob_exists(runtime, key) for key in uploads)
+    if last_stage is RoundStage.FAILED:
+        parts[0].step()  # one of three sends its unmasking shares; t = 2
+        drain(runtime)
+        _expire_deadline(runtime, round_id)
+        drain(runtime)
+    done = run_until(runtime, parts, last_stage, round_id)
+    assert done.stage is last_stage, done.failure_reason
+    if last_stage is RoundStage.FAILED:
+        assert done.failure_reason is not None
+        assert "unmasking" in done.failure_reason
+    with runtime.db.scope() as session:
+        keys = engine.round_blob_keys(session, round_id)
+        model = get_version(session, federation.name, 0).blob_key
+    assert set(uploads) <= set(keys)  # the rows stay, as the round's record
+    assert not any(blob_exists(runtime, key) for key in keys)
+    assert blob_exists(runtime, model)  # the model versions are not the round's to delete
 
 
 def test_a_decline_drops_the_agent_at_once_and_the_round_goes_on(
