@@ -155,8 +155,9 @@ class BookKeepingClipper:
                     layer.bias,
                     torch.zeros_like(layer.bias) if scaled is None else scaled.sum(dim=0),
                 )
-        for _, layer in self._layers:  # layers the forward pass did not reach: zero sum
-            if not any(layer is u for _, u in used):
+        reached = {label for label, _ in used}
+        for label, layer in self._layers:  # layers the forward pass did not reach: zero sum
+            if label not in reached:
                 for p in layer.parameters(recurse=False):
                     if p.requires_grad:
                         _accumulate(p, torch.zeros_like(p))

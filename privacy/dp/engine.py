@@ -89,11 +89,11 @@ def _add_noise(optimizer: Any, noise: GaussianNoise, buffers: dict[str, torch.Te
         _mark_as_processed(p.summed_grad)
 
 
-class _PerSampleOptimizer(DPOptimizer):  # type: ignore[misc]
-    """Opacus' optimizer for per-sample gradients (hooks, functorch, ew), our noise."""
+class _NoiseFromSource:
+    """Mixed into Opacus' optimizers: `add_noise` draws from a `GaussianNoise`."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, noise: GaussianNoise, **kw: Any) -> None:
-        super().__init__(optimizer, **kw)
+        super().__init__(optimizer, **kw)  # type: ignore[call-arg]  # Opacus' optimizer
         self._fmtl_noise = noise
         self._fmtl_buffers: dict[str, torch.Tensor] = {}
 
@@ -101,15 +101,14 @@ class _PerSampleOptimizer(DPOptimizer):  # type: ignore[misc]
         _add_noise(self, self._fmtl_noise, self._fmtl_buffers)
 
 
-class _ClippedSumOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc]
+class _PerSampleOptimizer(_NoiseFromSource, DPOptimizer):  # type: ignore[misc]
+    """Opacus' optimizer for per-sample gradients (hooks, functorch, ew), our noise."""
+
+
+class _ClippedSumOptimizer(_NoiseFromSource, DPOptimizerFastGradientClipping):  # type: ignore[misc]
     """Opacus' optimizer for the modes that leave the clipped sum in `.grad` (ghost, bk),
     our noise; `accumulate` takes the step's clipped sum over from `.grad` (which is
     cleared) where Opacus deep-copies it."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, noise: GaussianNoise, **kw: Any) -> None:
-        super().__init__(optimizer, **kw)
-        self._fmtl_noise = noise
-        self._fmtl_buffers: dict[str, torch.Tensor] = {}
 
     def accumulate(self) -> None:
         for p in self.params:
@@ -118,9 +117,6 @@ class _ClippedSumOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[mis
             else:
                 p.summed_grad = p.grad.detach()
                 p.grad = None  # a later backward pass writes a new tensor, never this sum
-
-    def add_noise(self) -> None:
-        _add_noise(self, self._fmtl_noise, self._fmtl_buffers)
 
 
 class PrivateTraining:
