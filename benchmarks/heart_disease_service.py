@@ -37,8 +37,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from fmtl.demo_record import NOT_METRICS, DemoRecord
-from fmtl.demo_run import FINAL_MODEL_FILE, DemoOptions, DemoRun, agent_seed
+from fmtl.demo.record import NOT_METRICS, DemoRecord
+from fmtl.demo.run import FINAL_MODEL_FILE, DemoOptions, DemoRun, agent_seed
 
 #: (task, metric) -> institution (or "average") -> value.
 Taskwise = dict[tuple[str, str], dict[str, float]]

@@ -60,10 +60,10 @@ from federation.aggregation import local_contribution
 from federation.round_api import RoundAssignment
 from federation.spec import FederationSpec
 from federation.wire import AgentProfile
-from fmtl.admin_client import AdminClient
-from fmtl.demo_example import load_example, locate_example
-from fmtl.demo_processes import Children, child_environment, fmtl_command, run_once
-from fmtl.demo_run import free_port
+from fmtl.admin.client import AdminClient
+from fmtl.demo.example import load_example, locate_example
+from fmtl.demo.processes import Children, child_environment, fmtl_command, run_once
+from fmtl.demo.run import free_port
 
 #: How often each lightweight agent polls for work (the same in both modes).
 AGENT_POLL_S = 0.2

@@ -33,8 +33,13 @@ _PARTS: tuple[tuple[str, str, str, str], ...] = (
         "agent",
         "Run an institution's agent: enroll, run the daemon, check, status.",
     ),
-    ("admin", "fmtl.admin:app", "agent", "Drive a coordinator's API as an admin."),
-    ("demo", "fmtl.demo:app", "all", "Run four hospitals' federation end to end on this machine."),
+    ("admin", "fmtl.admin.cli:app", "agent", "Drive a coordinator's API as an admin."),
+    (
+        "demo",
+        "fmtl.demo.cli:app",
+        "all",
+        "Run four hospitals' federation end to end on this machine.",
+    ),
 )
 _OURS = frozenset({"fmtl", "federation", "privacy", "coordinator", "agent"})
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from fmtl.demo_example import load_example, locate_example
-from fmtl.demo_record import DemoRecord
+from fmtl.demo.example import load_example, locate_example
+from fmtl.demo.record import DemoRecord
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +110,7 @@ def _admin_reads_the_run_afterwards(out: Path, tmp_path: Path) -> None:
 
     import httpx
 
-    from fmtl.demo_run import free_port
+    from fmtl.demo.run import free_port
 
     port = free_port()
     base = {key: value for key, value in os.environ.items() if not key.startswith("FMTL_")}

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from coordinator.auth.models import Role
 from coordinator.settings import Settings
-from fmtl import tables
-from fmtl.admin import app as admin_app
-from fmtl.admin import load_spec
-from fmtl.admin_client import AdminClient, AdminError, LedgerEntry, ResultInfo
+from fmtl.admin import tables
+from fmtl.admin.cli import app as admin_app
+from fmtl.admin.cli import load_spec
+from fmtl.admin.client import AdminClient, AdminError, LedgerEntry, ResultInfo
 from tests.unit.coordinator.conftest import bearer
 
 SPEC = {

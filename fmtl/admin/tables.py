@@ -12,7 +12,7 @@ from datetime import datetime
 from rich import box
 from rich.table import Table
 
-from fmtl.admin_client import (
+from fmtl.admin.client import (
     FederationInfo,
     InstitutionInfo,
     LedgerEntry,

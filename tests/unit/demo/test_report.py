@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fmtl.admin_client import (
+from fmtl.admin.client import (
     AuditVerification,
     LedgerEntry,
     ParticipantInfo,
@@ -17,8 +17,8 @@ from fmtl.admin_client import (
     RoundInfo,
     StageInfo,
 )
-from fmtl.demo_record import DemoEvent, DemoRecord, HospitalRecord
-from fmtl.demo_report import main, render_report
+from fmtl.demo.record import DemoEvent, DemoRecord, HospitalRecord
+from fmtl.demo.report import main, render_report
 
 T0 = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
 HOSPITALS = {"cleveland": 1, "hungarian": 2, "switzerland": 3, "va": 4}

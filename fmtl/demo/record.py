@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fmtl.admin_client import AuditVerification, LedgerEntry, ResultInfo, RoundInfo
+from fmtl.admin.client import AuditVerification, LedgerEntry, ResultInfo, RoundInfo
 
 #: Counts reported beside the metrics (validation samples), not metrics to plot.
 NOT_METRICS = frozenset({"n"})

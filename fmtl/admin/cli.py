@@ -28,8 +28,8 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 
-from fmtl import tables
-from fmtl.admin_client import AdminClient, AdminError
+from fmtl.admin import tables
+from fmtl.admin.client import AdminClient, AdminError
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
 TOKEN_ENV: Final = "FMTL_ADMIN_TOKEN"  # noqa: S105 - the variable's name, not a secret

@@ -5,7 +5,7 @@ hospital and the average), each hospital's privacy budget over rounds, the round
 with stage durations, the privacy ledger and the audit-log verification. Everything comes
 from a `DemoRecord`, so a report can be re-rendered from `record.json` at any time:
 
-    python -m fmtl.demo_report RUN/record.json RUN/report.html
+    python -m fmtl.demo.report RUN/record.json RUN/report.html
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from fmtl.demo_record import DemoRecord
+from fmtl.demo.record import DemoRecord
 
 #: Line colours of hospitals (colour-blind safe, Okabe-Ito); the average is drawn in black.
 PALETTE: Final = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
@@ -487,7 +487,7 @@ def write_report(record: DemoRecord, path: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2:
-        print("usage: python -m fmtl.demo_report RECORD.json REPORT.html", file=sys.stderr)
+        print("usage: python -m fmtl.demo.report RECORD.json REPORT.html", file=sys.stderr)
         return 2
     write_report(DemoRecord.load(Path(args[0])), Path(args[1]))
     return 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from fmtl.demo_processes import DemoError
+from fmtl.demo.processes import DemoError
 
 EXAMPLE_NAME: Final = "heart_disease"
 SPEC_FILE: Final = "federation.json"

@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from agent.config import AgentConfig, parse_config
 from federation.spec import FederationSpec
-from fmtl.demo import app as demo_app
-from fmtl.demo_example import agent_config, demo_spec, load_example, locate_example, to_toml
-from fmtl.demo_processes import DemoError
-from fmtl.demo_run import DemoOptions, postgres_sqlalchemy_url
+from fmtl.demo.cli import app as demo_app
+from fmtl.demo.example import agent_config, demo_spec, load_example, locate_example, to_toml
+from fmtl.demo.processes import DemoError
+from fmtl.demo.run import DemoOptions, postgres_sqlalchemy_url
 
 
 @pytest.fixture(scope="module")

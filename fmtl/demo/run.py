@@ -7,7 +7,7 @@ Everything happens the way it would between five organisations, only on loopback
    `fmtl coordinator worker` and `beat` processes;
 2. `fmtl coordinator create-token` bootstraps an admin token; `fmtl coordinator serve` starts
    on a free loopback port;
-3. as an admin (over the REST API, `fmtl.admin_client`), the demo creates the federation from
+3. as an admin (over the REST API, `fmtl.admin.client`), the demo creates the federation from
    the example's spec and invites each hospital with the tasks its data mapping labels;
 4. each hospital gets its own folder and `agent.toml` (its data mapping, its own ε budget),
    enrolls with `fmtl agent enroll` and runs `fmtl agent run` as a separate process that
@@ -49,9 +49,9 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from fmtl import tables
-from fmtl.admin_client import AdminClient, AdminError, RoundInfo
-from fmtl.demo_example import (
+from fmtl.admin import tables
+from fmtl.admin.client import AdminClient, AdminError, RoundInfo
+from fmtl.demo.example import (
     Example,
     Hospital,
     agent_config,
@@ -59,7 +59,7 @@ from fmtl.demo_example import (
     load_example,
     locate_example,
 )
-from fmtl.demo_processes import (
+from fmtl.demo.processes import (
     Child,
     ChildFailed,
     Children,
@@ -69,8 +69,8 @@ from fmtl.demo_processes import (
     last_line_hint,
     run_once,
 )
-from fmtl.demo_record import DemoEvent, DemoRecord, HospitalRecord
-from fmtl.demo_report import write_report
+from fmtl.demo.record import DemoEvent, DemoRecord, HospitalRecord
+from fmtl.demo.report import write_report
 
 #: Stages an agent can be killed at, in protocol order (coordinator `RoundStage` values).
 DROP_STAGES: Final = (

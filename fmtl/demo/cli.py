@@ -78,8 +78,8 @@ def demo(
     """Run four hospitals' federation end to end and write an HTML report."""
     from rich.console import Console
 
-    from fmtl.demo_processes import DemoError
-    from fmtl.demo_run import DemoOptions, Interrupted, run_demo
+    from fmtl.demo.processes import DemoError
+    from fmtl.demo.run import DemoOptions, Interrupted, run_demo
 
     options = DemoOptions(
         rounds=rounds,
