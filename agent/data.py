@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 
 from agent.errors import DataError
 from agent.mapping import DataMapping, LabelColumn
-from federation.spec import FederationSpec, TaskKind, TaskSpec
+from federation.spec import FederationSpec, MLPEncoderSpec, TaskKind, TaskSpec
 
 #: A feature whose local standard deviation is below this is only centred, not scaled
 #: (a constant column would otherwise divide by zero).
@@ -94,6 +94,11 @@ class LocalDataset:
         return int(self.train.features.shape[1])
 
     @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample's input (what the encoder reads)."""
+        return tuple(int(d) for d in self.train.features.shape[1:])
+
+    @property
     def labelled_train(self) -> dict[str, int]:
         return {task: self.train.labelled(task) for task in self.tasks_held}
 
@@ -110,7 +115,14 @@ def input_dim_for(n_features: int) -> int:
 def load_dataset(mapping: DataMapping, spec: FederationSpec) -> LocalDataset:
     """Read, check, split and standardise the local data for `spec`'s model."""
     _check_tasks(mapping, spec)
-    expected = spec.model.encoder.input_dim
+    encoder = spec.model.encoder
+    if not isinstance(encoder, MLPEncoderSpec):
+        raise DataError(
+            f"federation '{spec.name}' has a '{encoder.kind}' encoder over inputs of shape "
+            f"{encoder.sample_shape}; a table of feature columns feeds an 'mlp' encoder only "
+            '(for images, write an image mapping: kind = "images")'
+        )
+    expected = encoder.input_dim
     if input_dim_for(len(mapping.features)) != expected:
         raise DataError(
             f"features: {len(mapping.features)} features give "

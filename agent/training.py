@@ -87,10 +87,12 @@ class LocalTrainer:
         device: str = "auto",
         seed: int | None = None,
     ) -> None:
-        if dataset.input_dim != spec.model.encoder.input_dim:
+        expected = spec.model.encoder.sample_shape
+        if dataset.sample_shape != expected:
             raise DataError(
-                f"the dataset has {dataset.input_dim} inputs, federation '{spec.name}' has "
-                f"model.encoder.input_dim = {spec.model.encoder.input_dim}"
+                f"the dataset's samples have shape {dataset.sample_shape}, federation "
+                f"'{spec.name}' has a '{spec.model.encoder.kind}' encoder over inputs of "
+                f"shape {expected}"
             )
         if dataset.n_train == 0:
             raise DataError("the training split is empty")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,6 +29,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
+from federation.encoders import linear_stack_size
 from federation.errors import LayoutMismatch
 from federation.spec import CounterWeighting, FederationSpec, TaskSpec
 
@@ -74,19 +74,14 @@ class Segment:
         return self.name
 
 
-def _linear_stack_size(widths: Sequence[int]) -> int:
-    """Parameters of Linear layers between consecutive widths (weights and biases)."""
-    return sum(a * b + b for a, b in itertools.pairwise(widths))
-
-
 def encoder_size(spec: FederationSpec) -> int:
-    encoder = spec.model.encoder
-    return _linear_stack_size((encoder.input_dim, *encoder.hidden))
+    """Parameters of the shared encoder, whatever its kind (from the spec alone)."""
+    return spec.model.encoder.parameter_count()
 
 
 def head_size(spec: FederationSpec, task: TaskSpec) -> int:
     widths = (spec.model.encoder.output_dim, *spec.model.head.hidden, task.output_dim)
-    return _linear_stack_size(widths)
+    return linear_stack_size(widths)
 
 
 class ParameterLayout:

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,28 +15,10 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from federation.encoders import linear_stack
 from federation.errors import LayoutMismatch
 from federation.layout import ENCODER, HEAD_PREFIX, ParameterLayout
-from federation.spec import Activation, FederationSpec
-
-_ACTIVATIONS: dict[Activation, type[nn.Module]] = {
-    Activation.RELU: nn.ReLU,
-    Activation.GELU: nn.GELU,
-    Activation.TANH: nn.Tanh,
-}
-
-
-def _mlp(
-    widths: tuple[int, ...], activation: Activation, dropout: float, last_act: bool
-) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(widths)):
-        layers.append(nn.Linear(a, b))
-        if i < len(widths) - 2 or last_act:
-            layers.append(_ACTIVATIONS[activation]())
-            if dropout > 0.0:
-                layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers)
+from federation.spec import FederationSpec
 
 
 class MultiTaskModel(nn.Module):
@@ -47,10 +28,10 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         enc = spec.model.encoder
         self.task_names: tuple[str, ...] = spec.task_names
-        self.encoder = _mlp((enc.input_dim, *enc.hidden), enc.activation, enc.dropout, True)
+        self.encoder = enc.build()
         self.heads = nn.ModuleDict(
             {
-                task.name: _mlp(
+                task.name: linear_stack(
                     (enc.output_dim, *spec.model.head.hidden, task.output_dim),
                     enc.activation,
                     0.0,

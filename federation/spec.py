@@ -16,6 +16,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# The encoder kinds live in `federation.encoders`, one file each; re-exported here, where a
+# federation's model is defined.
+from federation.encoders import Activation as Activation
+from federation.encoders import ConvEncoderSpec as ConvEncoderSpec
+from federation.encoders import EncoderSpec
+from federation.encoders import MLPEncoderSpec as MLPEncoderSpec
+
 # Task, column and federation names appear in URLs, file names and layout segment names.
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -63,38 +70,6 @@ class TaskSpec(_Spec):
             assert self.n_classes is not None
             return self.n_classes
         return 1
-
-
-class Activation(enum.StrEnum):
-    RELU = "relu"
-    GELU = "gelu"
-    TANH = "tanh"
-
-
-class MLPEncoderSpec(_Spec):
-    """A multilayer perceptron over a fixed-width feature vector."""
-
-    kind: Literal["mlp"] = "mlp"
-    input_dim: int = Field(ge=1, le=1_000_000)
-    hidden: tuple[int, ...] = Field(default=(64, 32), min_length=1, max_length=16)
-    activation: Activation = Activation.RELU
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-
-    @field_validator("hidden")
-    @classmethod
-    def _positive_widths(cls, widths: tuple[int, ...]) -> tuple[int, ...]:
-        if any(width < 1 or width > 65_536 for width in widths):
-            raise ValueError("hidden layer widths must be between 1 and 65536")
-        return widths
-
-    @property
-    def output_dim(self) -> int:
-        return self.hidden[-1]
-
-
-# A discriminated union, so a CNN (or any registered encoder) can be added as another
-# member without changing a single existing spec.
-EncoderSpec = Annotated[MLPEncoderSpec, Field(discriminator="kind")]
 
 
 class HeadSpec(_Spec):
