@@ -12,6 +12,7 @@ from federation.spec import FederationSpec
 from privacy.dp import PrivateTraining, UnsupportedMode
 from privacy.dp.bookkeeping import BookKeepingClipper
 from tests.unit.agent_training.conftest import small_spec
+from tests.unit.dp.conv_support import conv_batch, conv_spec
 
 C = 0.3
 
@@ -109,6 +110,9 @@ def test_a_layer_the_loss_does_not_reach_gets_a_zero_sum() -> None:
         (nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), "1 is LayerNorm"),
         (nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, affine=False)), "buffers"),
         (nn.Sequential(nn.Conv1d(1, 2, 3)), "0 is Conv1d"),
+        (nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), "groups = 2"),
+        (nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect")), "reflect"),
+        (nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)), "buffers"),
     ],
 )
 def test_layers_outside_the_closed_form_are_refused_by_name(module: nn.Module, names: str) -> None:
@@ -134,5 +138,103 @@ def test_shared_parameters_and_sequence_inputs_are_refused() -> None:
         twice(twice(torch.randn(2, 4)))
     with pytest.raises(UnsupportedMode, match=r"\(batch, features\)"), clipper.recording():
         twice(torch.randn(2, 5, 4))
+    conv = nn.Conv2d(1, 2, 3)
+    with (
+        pytest.raises(UnsupportedMode, match="height, width"),
+        BookKeepingClipper(conv, C).recording(),
+    ):
+        conv(torch.randn(1, 5, 5))
     clipper.close()
     twice(twice(torch.randn(2, 4)))  # hooks removed: the module is as it was given
+
+
+# -- convolutional encoders: Conv2d and GroupNorm -------------------------------------------
+
+
+def conv_update(spec: FederationSpec, mode: str, freeze_encoder_stem: bool = False) -> torch.Tensor:
+    """As `clipped_update`, for a conv encoder with a projection and a hidden head layer."""
+    x, labels, masks = conv_batch(spec)
+    model = build_model(spec)
+    if freeze_encoder_stem:
+        model.encoder.body[0].requires_grad_(False)  # the stem's conv
+        model.encoder.body[1].weight.requires_grad_(False)  # the stem's GN scale (not shift)
+    before = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    engine = PrivateTraining(
+        model,
+        torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0),
+        noise_multiplier=0.0,
+        max_grad_norm=C,
+        expected_batch_size=1.0,
+        mode=mode,
+        noise_seed=0,
+    )
+    normalisers = {"digit": 2.0, "odd": 1.5}
+    engine.step(x, lambda out: per_sample_loss(spec, out, labels, masks, normalisers))
+    engine.close()
+    return before - torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # 9 x 7 images: the stem (63 positions, 2 x 9 inputs, 8 outputs) forms per-sample
+        # gradients, the stride-2 stage (20 positions, 8 x 9 inputs) uses Gram matrices.
+        (2, 9, 7),
+        # 3 x 3 images: every layer uses Gram matrices.
+        (1, 3, 3),
+    ],
+)
+@pytest.mark.parametrize("freeze", [False, True])
+def test_conv_groupnorm_clipped_sum_equals_opacus_per_sample_gradients(
+    shape: tuple[int, int, int], freeze: bool
+) -> None:
+    spec = conv_spec(shape)
+    expected = conv_update(spec, "hooks", freeze)
+    got = conv_update(spec, "bk", freeze)
+    assert expected.abs().max() > 0
+    assert torch.allclose(got, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_conv_norms_are_the_per_sample_gradient_norms() -> None:
+    spec = conv_spec((2, 9, 7))
+    x, labels, masks = conv_batch(spec, n=5)
+    normalisers = {"digit": 1.0, "odd": 1.0}
+    model = build_model(spec)
+    expected = []
+    for i in range(len(x)):
+        model.zero_grad()
+        one = {t: y[i : i + 1] for t, y in labels.items()}
+        one_mask = {t: m[i : i + 1] for t, m in masks.items()}
+        per_sample_loss(spec, model(x[i : i + 1]), one, one_mask, normalisers).sum().backward()
+        expected.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).norm())
+    clipper = BookKeepingClipper(model, max_grad_norm=C)
+    with clipper.recording():
+        outputs = model(x)
+    norms = clipper.backward(per_sample_loss(spec, outputs, labels, masks, normalisers))
+    assert torch.allclose(norms, torch.stack(expected), rtol=1e-4)
+    clipper.close()
+
+
+def test_conv_bias_is_clipped_with_the_weight() -> None:
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(12, 1))
+    x = torch.randn(6, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    sums = {}
+    for mode in ("hooks", "bk"):
+        torch.manual_seed(0)
+        copy = nn.Sequential(
+            nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(12, 1)
+        )
+        copy.load_state_dict(model.state_dict())
+        engine = PrivateTraining(
+            copy,
+            torch.optim.SGD(copy.parameters(), lr=1.0),
+            noise_multiplier=0.0,
+            max_grad_norm=C,
+            expected_batch_size=1.0,
+            mode=mode,
+            noise_seed=0,
+        )
+        engine.step(x, lambda out: (out[:, 0] - 1.0) ** 2)
+        engine.close()
+        sums[mode] = torch.cat([p.detach().reshape(-1) for p in copy.parameters()])
+    assert torch.allclose(sums["bk"], sums["hooks"], atol=1e-6, rtol=1e-5)
