@@ -6,8 +6,9 @@ the very same arithmetic (the service adds security, not error).
 Agent side — `local_contribution`: for each aggregated part (encoder, each head) the agent
 puts `w · clip(local − global)` in the float segment and `w` in the part's counter, where
 `w` is 0 for a task it holds no labels for, else 1 (`participation`) or its number of
-labelled samples (`samples`, capped at the counter bound). Secure aggregation then yields
-only Σ w·Δ and Σ w per part.
+labelled samples (`samples`, capped at the counter bound), and its validation statistics
+(`federation.metrics`, zeros for a task it did not evaluate) in their segments. Secure
+aggregation then yields only Σ w·Δ and Σ w per part, and the statistics' sums.
 
 Coordinator side — `apply_sums`: the averaged update of a part is Σ w·Δ / Σ w (a part
 nobody trained stays as it was), and the strategy applies it: FedAvg adds it times the
@@ -25,6 +26,7 @@ from numpy.typing import NDArray
 
 from federation.errors import AggregationError
 from federation.layout import COUNT_PREFIX, ENCODER, HEAD_PREFIX, ParameterLayout, SegmentKind
+from federation.metrics import Statistics, to_segments
 from federation.spec import CounterWeighting, FederationSpec, Strategy
 
 FloatVector = NDArray[np.float64]
@@ -64,11 +66,14 @@ def local_contribution(
     *,
     train_samples: int,
     labelled: Mapping[str, int],
+    statistics: Mapping[str, Statistics] | None = None,
 ) -> Contribution:
     """The update-layout segments of one agent after local training.
 
     `labelled[task]` is the number of training samples labelled for that task (0 or absent:
     the agent does not hold it and contributes zeros to that head and its counter).
+    `statistics[task]` are the task's validation statistics of the global model
+    (`federation.metrics.evaluate`); a task absent there contributes zeros.
     """
     model_layout = ParameterLayout.model(spec)
     update_layout = ParameterLayout.update(spec)
@@ -95,6 +100,7 @@ def local_contribution(
             values = np.zeros(m.length)
         segments[part] = values
         segments[counter_name(part)] = np.array([weight], dtype=np.int64)
+    segments.update(to_segments(spec, statistics or {}))
     return Contribution(segments, clipped)
 
 
@@ -137,10 +143,12 @@ def average_update(
     """Σ w·Δ / Σ w per part, as a model-layout vector (zeros where Σ w = 0)."""
     model_layout = ParameterLayout.model(spec)
     update_layout = ParameterLayout.update(spec)
-    expected = {s.name for s in update_layout.segments}
-    if set(sums) != expected:
+    # The validation statistics may come along (a decoded round sum) or not (in-process).
+    needed = {s.name for s in (*update_layout.float_segments, *update_layout.counter_segments)}
+    known = {s.name for s in update_layout.segments}
+    if not needed <= set(sums) <= known:
         raise AggregationError(
-            f"sums have segments {sorted(sums)}, the update layout needs {sorted(expected)}"
+            f"sums have segments {sorted(sums)}, the update layout needs {sorted(needed)}"
         )
     average = model_layout.zeros()
     weights: dict[str, float] = {}

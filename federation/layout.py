@@ -11,6 +11,9 @@ the coordinator and every agent agree on every coordinate without exchanging any
   agent without a task contributes zeros to that head *and* its counter, masked like
   everything else, so per-task averages come out of the sum without any plain counts.
   With `personalised_heads` the heads stay local and only the encoder is aggregated.
+  Then, for every task, the validation statistics of `federation.metrics`
+  (`metric.<task>.<statistic>`: exact counts and fixed-point sums), from which the
+  coordinator computes federation-wide metrics without any institution's own.
 
 Within a segment the parameters are flattened in the order `torch.nn.Module.parameters()`
 yields them for that part of the model (`federation.model` checks this on every load).
@@ -31,6 +34,7 @@ from numpy.typing import NDArray
 
 from federation.encoders import linear_stack_size
 from federation.errors import LayoutMismatch
+from federation.metrics import StatisticKind, statistics
 from federation.spec import CounterWeighting, FederationSpec, TaskSpec
 
 ENCODER: Final = "encoder"
@@ -46,8 +50,10 @@ SAMPLES_COUNTER_MAX: Final = 1_000_000
 
 
 class SegmentKind(enum.StrEnum):
-    FLOAT = "float"
-    COUNTER = "counter"
+    FLOAT = "float"  # a model part's update
+    COUNTER = "counter"  # a model part's weight
+    STATISTIC_COUNT = "statistic_count"  # validation counts: integers in [0, bound]
+    STATISTIC_SUM = "statistic_sum"  # validation sums: reals in [-bound, bound]
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,8 @@ class Segment:
     kind: SegmentKind
     offset: int
     length: int
-    #: For a counter: the largest absolute value one participant may put in it.
+    #: For a counter or a statistic: the largest absolute value one participant may put in
+    #: each coordinate.
     bound: int = 0
 
     @property
@@ -113,7 +120,8 @@ class ParameterLayout:
 
     @classmethod
     def update(cls, spec: FederationSpec) -> ParameterLayout:
-        """One agent's secure-aggregation input: float updates, then weight counters."""
+        """One agent's secure-aggregation input: float updates, weight counters, then the
+        validation statistics of every task."""
         parts = [ENCODER]
         if not spec.aggregation.personalised_heads:
             parts += [HEAD_PREFIX + task.name for task in spec.tasks]
@@ -130,7 +138,18 @@ class ParameterLayout:
             suffix = ENCODER if part == ENCODER else part[len(HEAD_PREFIX) :]
             counters.append(Segment(COUNT_PREFIX + suffix, SegmentKind.COUNTER, offset, 1, bound))
             offset += 1
-        return cls("update", [*floats, *counters])
+        stats = []
+        for statistic in statistics(spec):
+            kind = (
+                SegmentKind.STATISTIC_COUNT
+                if statistic.kind is StatisticKind.COUNT
+                else SegmentKind.STATISTIC_SUM
+            )
+            stats.append(
+                Segment(statistic.segment, kind, offset, statistic.length, statistic.bound)
+            )
+            offset += statistic.length
+        return cls("update", [*floats, *counters, *stats])
 
     # -- queries ----------------------------------------------------------------------
 
@@ -151,6 +170,14 @@ class ParameterLayout:
     @property
     def counter_segments(self) -> tuple[Segment, ...]:
         return tuple(s for s in self.segments if s.kind is SegmentKind.COUNTER)
+
+    @property
+    def statistic_segments(self) -> tuple[Segment, ...]:
+        return tuple(
+            s
+            for s in self.segments
+            if s.kind in (SegmentKind.STATISTIC_COUNT, SegmentKind.STATISTIC_SUM)
+        )
 
     @cached_property
     def fingerprint(self) -> str:

@@ -92,7 +92,8 @@ def update_codec(spec: FederationSpec, participants: int) -> FixedPointCodec:
     """The fixed-point codec of the update layout for a round of `participants`.
 
     Float segments are clipped to `federation.aggregation.update_clip(spec)`; weight
-    counters are exact integers bounded by the layout. Both sides build it from the spec
+    counters and validation counts are exact integers bounded by the layout; validation
+    sums are fixed point, clipped to their layout bound. Both sides build it from the spec
     and the round's n, so they agree on every scale.
     """
     from federation.aggregation import update_clip
@@ -103,6 +104,8 @@ def update_codec(spec: FederationSpec, participants: int) -> FixedPointCodec:
     for segment in layout.segments:
         if segment.kind is SegmentKind.FLOAT:
             segments.append(FloatSegment(segment.name, segment.length, clip))
+        elif segment.kind is SegmentKind.STATISTIC_SUM:
+            segments.append(FloatSegment(segment.name, segment.length, float(segment.bound)))
         else:
             segments.append(IntSegment(segment.name, segment.length, segment.bound))
     return FixedPointCodec(segments, bits=spec.secagg.bits, max_participants=participants)
