@@ -39,10 +39,15 @@ def test_existing_mlp_specs_keep_their_fingerprints() -> None:
     # this spec must keep agreeing with the coordinator, coordinate for coordinate.
     spec = FederationSpec.model_validate_json(HEART.read_text())
     assert spec.fingerprint() == "69f5738396b1cf0e8f391e93ec27216e2b41ae07d06688a4a3f08243311d4782"
+    # The update layout gained the validation statistics' segments at its end
+    # (federation/metrics.py); the update and counter segments before them are unchanged.
+    update = ParameterLayout.update(spec)
+    before = [s for s in update.segments if s not in update.statistic_segments]
     assert (
-        ParameterLayout.update(spec).fingerprint
+        ParameterLayout("update", before).fingerprint
         == "4333ece3e5a84dece4163d3b1cff1a7a3ae870e1f58d5e3e0abaee8dd14a0fbb"
     )
+    assert update.fingerprint == "502aace627f98156573a692aec755c13e99bf9a9b588344230224451b01c5db1"
 
 
 @pytest.mark.parametrize(
