@@ -19,8 +19,8 @@ from coordinator.auth.signatures import purge_expired_nonces
 from coordinator.db import utcnow
 from coordinator.errors import CoordinatorError
 from coordinator.federations.models import Federation
-from coordinator.rounds import aggregation, engine
-from coordinator.rounds.engine import Followup
+from coordinator.rounds import aggregation, engine, state
+from coordinator.rounds.followups import Followup
 from coordinator.rounds.models import TERMINAL_STAGES, Round
 from coordinator.rounds.service import overdue_rounds
 from coordinator.runtime import Runtime
@@ -47,7 +47,7 @@ def tick(runtime: Runtime) -> TickReport:
     with runtime.db.scope() as session:
         purged = purge_expired_nonces(session)
         overdue = tuple(round_.id for round_ in overdue_rounds(session))
-        open_ids = engine.open_round_ids(session)
+        open_ids = state.open_round_ids(session)
     for round_id in open_ids:
         followups += advance_round(runtime, round_id)
     started = _scheduled_starts(runtime, followups)

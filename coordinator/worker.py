@@ -22,7 +22,7 @@ from celery.signals import worker_process_init
 from celery.worker import WorkController
 from celery.worker import state as worker_state
 
-from coordinator.rounds.engine import (
+from coordinator.rounds.followups import (
     ADVANCE_TASK,
     DISCARD_TASK,
     FINISH_TASK,

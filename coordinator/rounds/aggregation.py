@@ -35,8 +35,8 @@ from coordinator.model_versions.service import (
     store_model_version,
 )
 from coordinator.results.service import MetricValue, record_task_metrics
-from coordinator.rounds import engine, service
-from coordinator.rounds.engine import FINISH_TASK, Followup
+from coordinator.rounds import engine, service, state
+from coordinator.rounds.followups import FINISH_TASK, Followup
 from coordinator.rounds.models import (
     ParticipantStatus,
     Round,
@@ -46,7 +46,6 @@ from coordinator.rounds.models import (
     SliceState,
     UnmaskSlice,
 )
-from coordinator.rounds.protocol import training_reports
 from coordinator.runtime import Runtime
 from federation.aggregation import ServerState, apply_sums
 from federation.errors import FederationError
@@ -97,11 +96,11 @@ def unmask_one_slice(runtime: Runtime, round_id: int, index: int) -> list[Follow
             )
         ).one()
         start, stop = int(slice_row.start), int(slice_row.stop)
-        plan = engine.unmask_plan(session, round_)
-        uploads = engine.uploaders(session, round_)
+        plan = state.unmask_plan(session, round_)
+        uploads = state.uploaders(session, round_)
         keys = [uploads[pid].blob_key for pid in plan.survivors]
         key = _slice_blob_key(federation, round_, index)
-        subject = f"round:{federation.name}/{round_.number}"
+        subject = state.subject(federation, round_)
     dtype = ring_dtype(plan.bits)
     total = np.zeros(stop - start, dtype=dtype)
     first, last = masked_slice_range(start, stop, plan.bits)
@@ -113,7 +112,7 @@ def unmask_one_slice(runtime: Runtime, round_id: int, index: int) -> list[Follow
     content = total.astype(little, copy=False).tobytes()
     ref = blobs.write(key, [content], max_size=len(content), expected_size=len(content))
     with runtime.db.scope() as session:
-        locked = engine.lock_round(session, round_id)
+        locked = state.lock_round(session, round_id)
         if locked is None or locked.stage is not RoundStage.AGGREGATING:
             return []
         row = session.scalars(
@@ -146,7 +145,7 @@ def finish(runtime: Runtime, round_id: int) -> list[Followup]:
     """Decode the sum, store the next model version, record results and spend, complete."""
     blobs = runtime.blobs
     with runtime.db.scope() as session:
-        round_ = engine.lock_round(session, round_id)
+        round_ = state.lock_round(session, round_id)
         if round_ is None or round_.stage is not RoundStage.AGGREGATING:
             return []
         slices = session.scalars(
@@ -158,8 +157,8 @@ def finish(runtime: Runtime, round_id: int) -> list[Followup]:
             return []
         federation = session.get_one(Federation, round_.federation_id)
         spec = federation.spec
-        config = engine.round_config(session, round_)
-        plan = engine.unmask_plan(session, round_)
+        config = state.round_config(session, round_)
+        plan = state.unmask_plan(session, round_)
         dtype = ring_dtype(config.bits)
         little = dtype.newbyteorder("<")
         total = np.concatenate(
@@ -178,16 +177,16 @@ def finish(runtime: Runtime, round_id: int) -> list[Followup]:
             global_vector = np.frombuffer(
                 blobs.read_range(base_row.blob_key, 0, base_row.size_bytes), dtype="<f4"
             ).astype(np.float64)
-            state = ServerState()
+            server_state = ServerState()
             if spec.aggregation.strategy is Strategy.FEDADAM:
                 try:
                     ref = blobs.stat(_server_state_key(federation, base))
-                    state = ServerState.from_bytes(
+                    server_state = ServerState.from_bytes(
                         blobs.read_range(ref.key, 0, ref.size), global_vector.shape[0]
                     )
                 except BlobNotFound:
-                    state = ServerState()
-            new_vector, new_state, report = apply_sums(spec, global_vector, sums, state)
+                    server_state = ServerState()
+            new_vector, new_state, report = apply_sums(spec, global_vector, sums, server_state)
         except (SecAggError, FederationError) as exc:
             followups = engine.fail(session, round_, f"aggregating: {exc}")
             session.commit()
@@ -235,7 +234,7 @@ def finish(runtime: Runtime, round_id: int) -> list[Followup]:
                 RoundRecord.round_id == round_.id, RoundRecord.kind == RoundRecordKind.UNMASK_PLAN
             )
         )
-        keys = engine.round_blob_keys(session, round_.id)
+        keys = state.round_blob_keys(session, round_.id)
         session.commit()
         logger.info(
             "round %s completed: model version %s (parts updated: %s)",
@@ -249,7 +248,7 @@ def finish(runtime: Runtime, round_id: int) -> list[Followup]:
 
 def _record_results(session: sa.orm.Session, round_: Round, survivors: set[int]) -> None:
     """Per-institution metrics of the survivors, their averages, and everyone's spend."""
-    reports = training_reports(session, round_)
+    reports = state.training_reports(session, round_)
     by_id = {p.id: p for p in round_.participants}
     totals: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
     for participant_id, report in sorted(reports.items()):

@@ -22,7 +22,6 @@ import logging
 import math
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -33,7 +32,7 @@ from coordinator.audit import service as audit
 from coordinator.audit.models import AuditAction
 from coordinator.blobs.store import BlobNotFound, BlobStore
 from coordinator.db import utcnow
-from coordinator.errors import InvalidInput, StateConflict
+from coordinator.errors import InvalidInput
 from coordinator.federations.models import Federation
 from coordinator.federations.service import get_federation
 from coordinator.institutions.models import EnrollmentState, Institution
@@ -42,10 +41,17 @@ from coordinator.model_versions.service import (
     model_blob_key,
     store_model_version,
 )
-from coordinator.rounds import service
+from coordinator.rounds import service, state
+from coordinator.rounds.followups import (
+    ADVANCE_TASK,
+    DEADLINE_GRACE_S,
+    DISCARD_TASK,
+    FINISH_TASK,
+    SLICE_TASK,
+    Followup,
+)
 from coordinator.rounds.models import (
     TERMINAL_STAGES,
-    MaskedUpdate,
     Participant,
     ParticipantStatus,
     ProtocolMessageKind,
@@ -62,17 +68,14 @@ from federation.layout import ParameterLayout
 from federation.round_api import DECLINE_BUDGET, AggregationMode
 from federation.spec import FederationSpec
 from privacy.secagg import (
-    ConsistencyProof,
     ConsistencySignature,
     IdentityPublicKey,
     KeyAdvert,
-    KeyBroadcast,
     NeighbourGraph,
     RoundConfig,
     RoundContext,
     SecAggError,
     ShareKeysMessage,
-    SurvivorSet,
     UnmaskPlan,
     UnmaskResponse,
     close_advertise,
@@ -86,118 +89,8 @@ from privacy.secagg import Participant as SecAggParticipant
 
 logger = logging.getLogger(__name__)
 
-ADVANCE_TASK: Final = "fmtl.round.advance"
-SLICE_TASK: Final = "fmtl.round.unmask_slice"
-FINISH_TASK: Final = "fmtl.round.finish"
-DISCARD_TASK: Final = "fmtl.round.discard_blobs"
-#: Extra delay of a deadline's countdown task, so it runs after the deadline, not before.
-DEADLINE_GRACE_S: Final = 0.5
 #: From this many participants on, `neighbour_graph = "auto"` uses the SecAgg+ graph.
 AUTO_GRAPH_FROM: Final = 32
-
-#: What each protocol stage waits for from every participant still in the round.
-STAGE_MESSAGE: Final[dict[RoundStage, ProtocolMessageKind | None]] = {
-    RoundStage.ADVERTISE_KEYS: ProtocolMessageKind.ADVERTISE_KEYS,
-    RoundStage.SHARE_KEYS: ProtocolMessageKind.SHARE_KEYS,
-    RoundStage.MASKED_INPUT: None,  # a masked update (a blob), not a protocol record
-    RoundStage.CONSISTENCY_CHECK: ProtocolMessageKind.CONSISTENCY_SIGNATURE,
-    RoundStage.UNMASKING: ProtocolMessageKind.UNMASK_SHARES,
-}
-
-
-@dataclass(frozen=True)
-class Followup:
-    """A Celery task to send after the transaction that asked for it has committed."""
-
-    task: str
-    args: tuple[int, ...]
-    countdown: float | None = None
-
-
-# --- reading round state ----------------------------------------------------------------------
-
-
-def lock_round(session: Session, round_id: int) -> Round | None:
-    """The round row, locked until the transaction ends (PostgreSQL; SQLite serialises)."""
-    return session.scalars(
-        sa.select(Round)
-        .where(Round.id == round_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).first()
-
-
-def round_record(session: Session, round_: Round, kind: RoundRecordKind) -> bytes | None:
-    return session.scalar(
-        sa.select(RoundRecord.body).where(
-            RoundRecord.round_id == round_.id, RoundRecord.kind == kind
-        )
-    )
-
-
-def round_config(session: Session, round_: Round) -> RoundConfig:
-    body = round_record(session, round_, RoundRecordKind.CONFIG)
-    if body is None:
-        raise StateConflict(f"round {round_.number} has no participants yet")
-    return RoundConfig.from_bytes(body)
-
-
-def messages(
-    session: Session, round_: Round, kind: ProtocolMessageKind
-) -> list[tuple[Participant, bytes]]:
-    """Every stored message of `kind` in the round, by participant (in secagg id order)."""
-    rows = session.execute(
-        sa.select(Participant, ProtocolRecord.body)
-        .join(ProtocolRecord, ProtocolRecord.participant_id == Participant.id)
-        .where(Participant.round_id == round_.id, ProtocolRecord.kind == kind)
-        .order_by(Participant.secagg_id)
-    ).all()
-    return [(participant, body) for participant, body in rows]
-
-
-def uploaders(session: Session, round_: Round) -> dict[int, MaskedUpdate]:
-    """Masked updates of the round by secagg id."""
-    rows = session.execute(
-        sa.select(Participant.secagg_id, MaskedUpdate)
-        .join(MaskedUpdate, MaskedUpdate.participant_id == Participant.id)
-        .where(Participant.round_id == round_.id)
-    ).all()
-    return {int(secagg_id): update for secagg_id, update in rows}
-
-
-def share_senders(session: Session, round_: Round) -> tuple[int, ...]:
-    """U2: who shared keys (their messages were accepted during SHARE_KEYS)."""
-    return tuple(p.secagg_id for p, _ in messages(session, round_, ProtocolMessageKind.SHARE_KEYS))
-
-
-def active(round_: Round) -> list[Participant]:
-    return [p for p in round_.participants if p.status is ParticipantStatus.SELECTED]
-
-
-def answered(session: Session, round_: Round) -> set[int]:
-    """Secagg ids of the participants that answered the current stage."""
-    if round_.stage is RoundStage.MASKED_INPUT:
-        return set(uploaders(session, round_))
-    kind = STAGE_MESSAGE.get(round_.stage)
-    if kind is None:
-        return set()
-    return {p.secagg_id for p, _ in messages(session, round_, kind)}
-
-
-def stage_complete(session: Session, round_: Round) -> bool:
-    """Every participant still in the round answered the current protocol stage."""
-    if round_.stage not in STAGE_MESSAGE:
-        return False
-    done = answered(session, round_)
-    return all(p.secagg_id in done for p in active(round_))
-
-
-def mode_of(round_: Round) -> AggregationMode:
-    return AggregationMode(round_.mode)
-
-
-def _subject(federation: Federation, round_: Round) -> str:
-    return f"round:{federation.name}/{round_.number}"
 
 
 # --- opening a round --------------------------------------------------------------------------
@@ -425,7 +318,7 @@ def drop(session: Session, round_: Round, participant: Participant, stage: Round
         session,
         audit.SYSTEM,
         AuditAction.ROUND_PARTICIPANT_DROPPED,
-        _subject(federation, round_),
+        state.subject(federation, round_),
         {"participant": participant.secagg_id, "stage": stage.value},
     )
 
@@ -438,7 +331,7 @@ def advance(
 ) -> list[Followup]:
     """Close the round's current stage if it is complete or past its deadline (commits)."""
     now = now or utcnow()
-    round_ = lock_round(session, round_id)
+    round_ = state.lock_round(session, round_id)
     if round_ is None or round_.stage in TERMINAL_STAGES:
         session.rollback()
         return []
@@ -450,7 +343,7 @@ def advance(
         followups = recover_aggregation(session, settings, round_, now=now)
     else:
         overdue = round_.stage_deadline is not None and round_.stage_deadline <= now
-        if overdue or stage_complete(session, round_):
+        if overdue or state.stage_complete(session, round_):
             followups = _close(session, settings, round_, now=now)
     session.commit()
     return followups
@@ -458,13 +351,13 @@ def advance(
 
 def _close(session: Session, settings: Settings, round_: Round, *, now: datetime) -> list[Followup]:
     stage = round_.stage
-    done = answered(session, round_)
-    for participant in active(round_):
+    done = state.answered(session, round_)
+    for participant in state.active(round_):
         if participant.secagg_id not in done:
             drop(session, round_, participant, stage)
     responders = len(done & {p.secagg_id for p in round_.participants})
     try:
-        config = round_config(session, round_)
+        config = state.round_config(session, round_)
         nxt = _closers[stage](session, settings, round_, config)
     except SecAggError as exc:
         return fail(session, round_, f"{stage.value}: {exc}")
@@ -483,20 +376,12 @@ def _close(session: Session, settings: Settings, round_: Round, *, now: datetime
     )
 
 
-def _active_bodies(session: Session, round_: Round, kind: ProtocolMessageKind) -> list[bytes]:
-    return [
-        body
-        for participant, body in messages(session, round_, kind)
-        if participant.status is ParticipantStatus.SELECTED
-    ]
-
-
 def _close_advertise(
     session: Session, settings: Settings, round_: Round, config: RoundConfig
 ) -> RoundStage:
     adverts = [
         KeyAdvert.from_bytes(b)
-        for b in _active_bodies(session, round_, ProtocolMessageKind.ADVERTISE_KEYS)
+        for b in state.active_bodies(session, round_, ProtocolMessageKind.ADVERTISE_KEYS)
     ]
     broadcast = close_advertise(config, adverts)
     service.record_round_message(
@@ -505,26 +390,14 @@ def _close_advertise(
     return RoundStage.SHARE_KEYS
 
 
-def key_broadcast(session: Session, round_: Round) -> KeyBroadcast:
-    body = round_record(session, round_, RoundRecordKind.KEY_BROADCAST)
-    if body is None:
-        raise StateConflict(f"round {round_.number} has not broadcast the keys yet")
-    return KeyBroadcast.from_bytes(body)
-
-
-def share_messages(session: Session, round_: Round) -> list[ShareKeysMessage]:
-    return [
-        ShareKeysMessage.from_bytes(body)
-        for _, body in messages(session, round_, ProtocolMessageKind.SHARE_KEYS)
-    ]
-
-
 def _close_share(
     session: Session, settings: Settings, round_: Round, config: RoundConfig
 ) -> RoundStage:
-    bodies = _active_bodies(session, round_, ProtocolMessageKind.SHARE_KEYS)
+    bodies = state.active_bodies(session, round_, ProtocolMessageKind.SHARE_KEYS)
     route_shares(
-        config, key_broadcast(session, round_), [ShareKeysMessage.from_bytes(b) for b in bodies]
+        config,
+        state.key_broadcast(session, round_),
+        [ShareKeysMessage.from_bytes(b) for b in bodies],
     )
     return RoundStage.MASKED_INPUT
 
@@ -532,9 +405,9 @@ def _close_share(
 def _close_masked(
     session: Session, settings: Settings, round_: Round, config: RoundConfig
 ) -> RoundStage:
-    alive = {p.secagg_id for p in active(round_)}
-    uploaded = [pid for pid in uploaders(session, round_) if pid in alive]
-    if mode_of(round_) is AggregationMode.PLAIN:
+    alive = {p.secagg_id for p in state.active(round_)}
+    uploaded = [pid for pid in state.uploaders(session, round_) if pid in alive]
+    if state.mode_of(round_) is AggregationMode.PLAIN:
         survivors = close_masked_input(config, config.ids, uploaded)
         context = config.context
         plan = UnmaskPlan(
@@ -548,25 +421,11 @@ def _close_masked(
         )
         _prepare_aggregation(session, settings, round_, plan)
         return RoundStage.AGGREGATING
-    survivors = close_masked_input(config, share_senders(session, round_), uploaded)
+    survivors = close_masked_input(config, state.share_senders(session, round_), uploaded)
     service.record_round_message(
         session, round_, RoundRecordKind.SURVIVOR_SET, survivors.to_bytes()
     )
     return RoundStage.CONSISTENCY_CHECK
-
-
-def survivor_set(session: Session, round_: Round) -> SurvivorSet:
-    body = round_record(session, round_, RoundRecordKind.SURVIVOR_SET)
-    if body is None:
-        raise StateConflict(f"round {round_.number} has no survivor set yet")
-    return SurvivorSet.from_bytes(body)
-
-
-def consistency_proof(session: Session, round_: Round) -> ConsistencyProof:
-    body = round_record(session, round_, RoundRecordKind.CONSISTENCY_PROOF)
-    if body is None:
-        raise StateConflict(f"round {round_.number} has no consistency proof yet")
-    return ConsistencyProof.from_bytes(body)
 
 
 def _close_consistency(
@@ -574,9 +433,9 @@ def _close_consistency(
 ) -> RoundStage:
     signatures = [
         ConsistencySignature.from_bytes(b)
-        for b in _active_bodies(session, round_, ProtocolMessageKind.CONSISTENCY_SIGNATURE)
+        for b in state.active_bodies(session, round_, ProtocolMessageKind.CONSISTENCY_SIGNATURE)
     ]
-    proof = close_consistency(config, survivor_set(session, round_), signatures)
+    proof = close_consistency(config, state.survivor_set(session, round_), signatures)
     service.record_round_message(
         session, round_, RoundRecordKind.CONSISTENCY_PROOF, proof.to_bytes()
     )
@@ -588,13 +447,13 @@ def _close_unmasking(
 ) -> RoundStage:
     responses = [
         UnmaskResponse.from_bytes(b)
-        for b in _active_bodies(session, round_, ProtocolMessageKind.UNMASK_SHARES)
+        for b in state.active_bodies(session, round_, ProtocolMessageKind.UNMASK_SHARES)
     ]
     plan = plan_unmask(
         config,
-        key_broadcast(session, round_),
-        share_messages(session, round_),
-        consistency_proof(session, round_),
+        state.key_broadcast(session, round_),
+        state.share_messages(session, round_),
+        state.consistency_proof(session, round_),
         responses,
     )
     _prepare_aggregation(session, settings, round_, plan)
@@ -626,13 +485,6 @@ def _prepare_aggregation(
     session.flush()
 
 
-def unmask_plan(session: Session, round_: Round) -> UnmaskPlan:
-    body = round_record(session, round_, RoundRecordKind.UNMASK_PLAN)
-    if body is None:
-        raise StateConflict(f"round {round_.number} has no unmask plan")
-    return UnmaskPlan.from_bytes(body)
-
-
 def recover_aggregation(
     session: Session, settings: Settings, round_: Round, *, now: datetime
 ) -> list[Followup]:
@@ -662,29 +514,6 @@ def recover_aggregation(
     return [*(Followup(SLICE_TASK, (round_.id, s.index)) for s in stale), again]
 
 
-def open_round_ids(session: Session) -> list[int]:
-    return list(
-        session.scalars(
-            sa.select(Round.id).where(Round.stage.not_in(TERMINAL_STAGES)).order_by(Round.id)
-        )
-    )
-
-
-def round_blob_keys(session: Session, round_id: int) -> list[str]:
-    """The blobs a round leaves behind: its masked uploads and its unmasked slices."""
-    uploads = session.scalars(
-        sa.select(MaskedUpdate.blob_key)
-        .join(Participant, MaskedUpdate.participant_id == Participant.id)
-        .where(Participant.round_id == round_id)
-    )
-    slices = session.scalars(
-        sa.select(UnmaskSlice.blob_key).where(
-            UnmaskSlice.round_id == round_id, UnmaskSlice.blob_key.is_not(None)
-        )
-    )
-    return [*uploads, *(key for key in slices if key)]
-
-
 def delete_round_blobs(blobs: BlobStore, keys: Sequence[str]) -> None:
     for key in keys:
         with contextlib.suppress(BlobNotFound):
@@ -696,7 +525,7 @@ def discard_failed_round_blobs(session: Session, blobs: BlobStore, round_id: int
     round_ = session.get(Round, round_id)
     if round_ is None or round_.stage is not RoundStage.FAILED:
         return 0
-    keys = round_blob_keys(session, round_id)
+    keys = state.round_blob_keys(session, round_id)
     session.rollback()  # read only: end the transaction before the file work
     delete_round_blobs(blobs, keys)
     return len(keys)

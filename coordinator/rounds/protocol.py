@@ -5,13 +5,13 @@ parsed as its `privacy.secagg` type and checked by the matching server-side `che
 function before it is stored, so a bad message gets a 4xx and changes nothing. Sending the
 same bytes again is answered `repeat` whatever the stage (idempotent); different bytes for a
 step already taken are refused (409). When the last expected message of a stage arrives, the
-stage is closed at once (`engine.advance`), instead of waiting for its deadline.
+stage is closed at once (a follow-up task runs `engine.advance`), instead of waiting for its
+deadline. Round state is read through `coordinator.rounds.state`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,8 +26,8 @@ from coordinator.errors import InvalidInput, NotFound, StateConflict
 from coordinator.federations.models import Federation
 from coordinator.institutions.models import Institution
 from coordinator.model_versions.service import get_version
-from coordinator.rounds import engine, service
-from coordinator.rounds.engine import Followup
+from coordinator.rounds import service, state
+from coordinator.rounds.followups import ADVANCE_TASK, Followup
 from coordinator.rounds.models import (
     STAGE_ORDER,
     TERMINAL_STAGES,
@@ -140,7 +140,7 @@ def assignment(session: Session, institution: Institution) -> RoundAssignment | 
     if row is None:
         return None
     round_, participant = row
-    body = engine.round_record(session, round_, RoundRecordKind.CONFIG)
+    body = state.round_record(session, round_, RoundRecordKind.CONFIG)
     if body is None:  # failed while selecting: nothing for the agent to do
         return None
     config = RoundConfig.from_bytes(body)
@@ -189,7 +189,7 @@ def _reached(round_: Round, stage: RoundStage) -> None:
 def peers_keys(session: Session, institution: Institution, number: int) -> bytes:
     round_, participant = _find(session, institution, number, lock=False)
     _reached(round_, RoundStage.SHARE_KEYS)
-    broadcast = engine.key_broadcast(session, round_)
+    broadcast = state.key_broadcast(session, round_)
     if participant.secagg_id not in broadcast.senders:
         raise StateConflict("this agent did not advertise keys in time and left the round")
     return broadcast.to_bytes()
@@ -199,10 +199,10 @@ def share_bundle(session: Session, institution: Institution, number: int) -> byt
     """The ciphertexts addressed to the caller by every agent in U2 (relayed, unread)."""
     round_, participant = _find(session, institution, number, lock=False)
     _reached(round_, RoundStage.MASKED_INPUT)
-    config = engine.round_config(session, round_)
-    broadcast = engine.key_broadcast(session, round_)
+    config = state.round_config(session, round_)
+    broadcast = state.key_broadcast(session, round_)
     bundles: dict[int, ShareBundle] = route_shares(
-        config, broadcast, engine.share_messages(session, round_)
+        config, broadcast, state.share_messages(session, round_)
     )
     bundle = bundles.get(participant.secagg_id)
     if bundle is None:
@@ -213,13 +213,13 @@ def share_bundle(session: Session, institution: Institution, number: int) -> byt
 def survivors(session: Session, institution: Institution, number: int) -> bytes:
     round_, _ = _find(session, institution, number, lock=False)
     _reached(round_, RoundStage.CONSISTENCY_CHECK)
-    return engine.survivor_set(session, round_).to_bytes()
+    return state.survivor_set(session, round_).to_bytes()
 
 
 def proof(session: Session, institution: Institution, number: int) -> bytes:
     round_, _ = _find(session, institution, number, lock=False)
     _reached(round_, RoundStage.UNMASKING)
-    return engine.consistency_proof(session, round_).to_bytes()
+    return state.consistency_proof(session, round_).to_bytes()
 
 
 @dataclass(frozen=True)
@@ -289,12 +289,12 @@ def _store(
         session,
         audit.Actor(audit.ActorKind.INSTITUTION, str(institution.id)),
         AuditAction.ROUND_MESSAGE_ACCEPTED,
-        f"round:{federation.name}/{round_.number}",
+        state.subject(federation, round_),
         {"participant": participant.secagg_id, "kind": kind.value, "sha256": record.sha256},
     )
     followups = []
-    if round_.stage in engine.STAGE_MESSAGE and engine.stage_complete(session, round_):
-        followups.append(Followup(engine.ADVANCE_TASK, (round_.id,)))
+    if round_.stage in state.STAGE_MESSAGE and state.stage_complete(session, round_):
+        followups.append(Followup(ADVANCE_TASK, (round_.id,)))
     session.commit()
     receipt = Receipt(kind=_WIRE_KIND[kind], outcome=ReceiptOutcome.ACCEPTED, sha256=record.sha256)
     return Accepted(receipt, followups)
@@ -315,7 +315,7 @@ def _accept(
         session.rollback()
         return Accepted(repeat, [])
     _open_for(round_, participant, stage, kind.value)
-    config = engine.round_config(session, round_)
+    config = state.round_config(session, round_)
     check(round_, participant, config)
     return _store(session, round_, participant, institution, kind, body)
 
@@ -349,7 +349,7 @@ def accept_advert(session: Session, institution: Institution, number: int, body:
 
 def accept_shares(session: Session, institution: Institution, number: int, body: bytes) -> Accepted:
     def check(round_: Round, participant: Participant, config: RoundConfig) -> None:
-        broadcast = engine.key_broadcast(session, round_)
+        broadcast = state.key_broadcast(session, round_)
 
         def run() -> None:
             message = ShareKeysMessage.from_bytes(body)
@@ -373,7 +373,7 @@ def accept_signature(
     session: Session, institution: Institution, number: int, body: bytes
 ) -> Accepted:
     def check(round_: Round, participant: Participant, config: RoundConfig) -> None:
-        survivor_set = engine.survivor_set(session, round_)
+        survivor_set = state.survivor_set(session, round_)
 
         def run() -> None:
             signature = ConsistencySignature.from_bytes(body)
@@ -395,8 +395,8 @@ def accept_signature(
 
 def accept_unmask(session: Session, institution: Institution, number: int, body: bytes) -> Accepted:
     def check(round_: Round, participant: Participant, config: RoundConfig) -> None:
-        consistency = engine.consistency_proof(session, round_)
-        senders = engine.share_senders(session, round_)
+        consistency = state.consistency_proof(session, round_)
+        senders = state.share_senders(session, round_)
 
         def run() -> None:
             response = UnmaskResponse.from_bytes(body)
@@ -466,7 +466,7 @@ def decline(session: Session, institution: Institution, number: int, reason: str
         session,
         audit.Actor(audit.ActorKind.INSTITUTION, str(institution.id)),
         AuditAction.ROUND_PARTICIPANT_DECLINED,
-        f"round:{federation.name}/{round_.number}",
+        state.subject(federation, round_),
         {"participant": participant.secagg_id, "stage": round_.stage.value, "reason": reason},
     )
     return _store(session, round_, participant, institution, kind, body)
@@ -496,7 +496,7 @@ def upload_target(session: Session, institution: Institution, number: int) -> Up
     ).first()
     if existing is None:
         _open_for(round_, participant, RoundStage.MASKED_INPUT, "a masked update")
-    config = engine.round_config(session, round_)
+    config = state.round_config(session, round_)
     federation = _federation(session, institution)
     session.rollback()
     return UploadTarget(
@@ -533,24 +533,14 @@ def accept_masked_update(
         session,
         audit.Actor(audit.ActorKind.INSTITUTION, str(institution.id)),
         AuditAction.ROUND_MESSAGE_ACCEPTED,
-        f"round:{federation.name}/{round_.number}",
+        state.subject(federation, round_),
         {"participant": participant.secagg_id, "kind": "masked_update", "sha256": blob.sha256},
     )
     followups = []
-    if engine.stage_complete(session, round_):
-        followups.append(Followup(engine.ADVANCE_TASK, (round_.id,)))
+    if state.stage_complete(session, round_):
+        followups.append(Followup(ADVANCE_TASK, (round_.id,)))
     session.commit()
     receipt = Receipt(
         kind=MessageKind.MASKED_UPDATE, outcome=ReceiptOutcome.ACCEPTED, sha256=blob.sha256
     )
     return Accepted(receipt, followups)
-
-
-def training_reports(session: Session, round_: Round) -> dict[int, TrainingReport]:
-    """Reports of the round by participant row id."""
-    return {
-        participant.id: TrainingReport.model_validate(json.loads(body))
-        for participant, body in engine.messages(
-            session, round_, ProtocolMessageKind.TRAINING_REPORT
-        )
-    }

@@ -38,6 +38,7 @@ from coordinator.rounds.models import (
     RoundStage,
     RoundStageRecord,
 )
+from coordinator.rounds.state import subject
 
 
 def list_rounds(session: Session, federation_name: str) -> list[Round]:
@@ -120,7 +121,7 @@ def open_round(
         session,
         actor,
         AuditAction.ROUND_CREATED,
-        _subject(federation, created),
+        subject(federation, created),
         {"scheduled_for": None if scheduled_for is None else scheduled_for.isoformat()},
     )
     if commit:
@@ -200,7 +201,7 @@ def enter_stage(
         session,
         actor,
         AuditAction.ROUND_STAGE_CHANGED,
-        _subject(federation, round_),
+        subject(federation, round_),
         {"from": current.value, "to": stage.value, "responders": responders, "reason": reason},
     )
     session.flush()
@@ -268,7 +269,3 @@ def record_masked_update(session: Session, participant: Participant, blob: BlobR
     session.add(update)
     session.flush()
     return update
-
-
-def _subject(federation: Federation, round_: Round) -> str:
-    return f"round:{federation.name}/{round_.number}"

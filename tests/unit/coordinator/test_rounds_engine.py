@@ -26,8 +26,8 @@ from coordinator.blobs.store import BlobNotFound
 from coordinator.db import utcnow
 from coordinator.federations.models import Federation
 from coordinator.model_versions.service import get_version
-from coordinator.rounds import engine
-from coordinator.rounds.engine import (
+from coordinator.rounds import engine, state
+from coordinator.rounds.followups import (
     ADVANCE_TASK,
     DISCARD_TASK,
     FINISH_TASK,
@@ -267,7 +267,7 @@ def test_a_finished_round_leaves_no_uploads_or_slices_behind(
     round_id = start(runtime, federation.name)
     run_until(runtime, parts, RoundStage.UNMASKING, round_id)
     with runtime.db.scope() as session:
-        uploads = engine.round_blob_keys(session, round_id)
+        uploads = state.round_blob_keys(session, round_id)
     assert len(uploads) == 3
     assert all(blob_exists(runtime, key) for key in uploads)
     if last_stage is RoundStage.FAILED:
@@ -281,7 +281,7 @@ def test_a_finished_round_leaves_no_uploads_or_slices_behind(
         assert done.failure_reason is not None
         assert "unmasking" in done.failure_reason
     with runtime.db.scope() as session:
-        keys = engine.round_blob_keys(session, round_id)
+        keys = state.round_blob_keys(session, round_id)
         model = get_version(session, federation.name, 0).blob_key
     assert set(uploads) <= set(keys)  # the rows stay, as the round's record
     assert not any(blob_exists(runtime, key) for key in keys)
