@@ -112,6 +112,7 @@ def serve(
         runtime.db.dispose()
         settings.resolved_blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         settings.pepper  # noqa: B018 - create the pepper file now, not in a request
+        runtime.signing_key  # noqa: B018 - load (or generate) the signing key now
         uvicorn.run(
             create_app(settings),
             host=settings.host,
@@ -132,6 +133,7 @@ def _production_celery(what: str) -> tuple[Settings, CoordinatorCelery]:
         )
     runtime = Runtime.from_settings(settings)
     ensure_schema(runtime, migrate=False)
+    runtime.signing_key  # noqa: B018 - refuse to start without a usable signing key
     return settings, create_celery(settings, runtime)
 
 
@@ -217,6 +219,31 @@ def create_token(
             err=True,
         )
         typer.echo(issued.secret)
+
+
+@app.command("signing-key")
+def signing_key(
+    new: Annotated[
+        bool,
+        typer.Option(
+            "--new",
+            help="Print a fresh key (base64 seed) for FMTL_SIGNING_KEY instead, and nothing else.",
+        ),
+    ] = False,
+) -> None:
+    """Print the signing key's public half and id (what agents pin and auditors check)."""
+    with _readable_errors():
+        import base64
+
+        from coordinator.signing import generate_signing_key, load_signing_key
+
+        if new:
+            fresh = generate_signing_key()
+            typer.echo(base64.b64encode(fresh.seed()).decode("ascii"))
+            return
+        key = load_signing_key(_settings())
+        typer.echo(f"key id:     {key.key_id}")
+        typer.echo(f"public key: {base64.urlsafe_b64encode(key.public_key).decode().rstrip('=')}")
 
 
 @app.command("audit-verify")

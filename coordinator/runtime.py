@@ -1,15 +1,18 @@
-"""What every coordinator process holds: its settings, the database and the blob store."""
+"""What every coordinator process holds: its settings, the database, the blob store and the
+signing key."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 
 from coordinator.auth.signatures import SignaturePolicy
 from coordinator.blobs.local import LocalBlobStore
 from coordinator.blobs.store import BlobStore
 from coordinator.db import Database
 from coordinator.settings import Settings
+from coordinator.signing import SigningKey, load_signing_key
 
 
 @dataclass
@@ -25,6 +28,11 @@ class Runtime:
             db=Database(settings.resolved_database_url),
             blobs=LocalBlobStore(settings.resolved_blob_dir),
         )
+
+    @cached_property
+    def signing_key(self) -> SigningKey:
+        """The coordinator's signing key (coordinator/signing.py), loaded once."""
+        return load_signing_key(self.settings)
 
     @property
     def signature_policy(self) -> SignaturePolicy:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Final, Literal
@@ -43,7 +44,7 @@ class Settings(BaseSettings):
     state_dir: Path = Field(
         default=Path("var"),
         description="Folder for embedded state: the SQLite file, blobs, the generated "
-        "token pepper, the beat schedule.",
+        "token pepper and signing key, the beat schedule.",
     )
     database_url: str | None = Field(
         default=None,
@@ -74,6 +75,25 @@ class Settings(BaseSettings):
         default=None,
         description="HMAC key for stored token hashes; unset: generated once into "
         "`<state_dir>/token_pepper` (mode 0600). Set it explicitly in production.",
+    )
+    signing_key: SecretStr | None = Field(
+        default=None,
+        description="The coordinator's Ed25519 signing key (audit checkpoints, reports): "
+        "PKCS#8 PEM, or base64 of a 32-byte seed. Unset: FMTL_SIGNING_KEY_FILE, else "
+        "generated once into `<state_dir>/signing_key.pem` (mode 0600). Set it explicitly "
+        "in production, the same in every process (coordinator/signing.py).",
+    )
+    signing_key_file: Path | None = Field(
+        default=None,
+        description="A PKCS#8 PEM file holding the signing key (e.g. a mounted secret); "
+        "used when FMTL_SIGNING_KEY is unset. It must exist.",
+    )
+    audit_checkpoint_interval_s: float = Field(
+        default=60.0,
+        ge=0.0,
+        le=86_400.0,
+        description="The tick signs a new audit checkpoint when the log grew and the last "
+        "checkpoint is at least this old (0: at every tick that finds new entries).",
     )
     max_body_bytes: int = Field(
         default=1 << 20,
@@ -168,17 +188,20 @@ class Settings(BaseSettings):
                     f"FMTL_TOKEN_PEPPER must be at least {MIN_PEPPER_LENGTH} characters"
                 )
             return value
-        return _state_dir_pepper(self.state_dir / PEPPER_FILE_NAME)
+        return read_or_create_private_file(
+            self.state_dir / PEPPER_FILE_NAME, lambda: secrets.token_urlsafe(PEPPER_BYTES).encode()
+        )
 
 
-def _state_dir_pepper(path: Path) -> bytes:
-    """Read the pepper file, or create it (0600) atomically, so racing processes agree."""
+def read_or_create_private_file(path: Path, make: Callable[[], bytes]) -> bytes:
+    """Read a secret file, or create it (0600) with `make()` atomically, so that racing
+    processes agree on one value (the first to link its draft wins)."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
         pass
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(PEPPER_BYTES).encode()
+    value = make()
     draft = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
     descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

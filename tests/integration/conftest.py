@@ -7,6 +7,7 @@ skipped with the reason, except under CI=true, where that is a failure: CI must 
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import socket
@@ -189,6 +190,8 @@ def coordinator_env(
             "FMTL_QUEUE": namespace,
             "FMTL_STATE_DIR": str(state_dir),
             "FMTL_TOKEN_PEPPER": secrets.token_urlsafe(32),
+            # As in production: one key for every process, from the environment.
+            "FMTL_SIGNING_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
             "FMTL_LOG_LEVEL": "warning",
         },
         state_dir=state_dir,

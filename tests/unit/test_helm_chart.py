@@ -76,7 +76,12 @@ def test_every_container_runs_unprivileged_with_secrets_from_a_secret() -> None:
         assert security["capabilities"]["drop"] == ["ALL"]
         assert container["envFrom"] == [{"secretRef": {"name": "coordinator-secrets"}}]
         plain = {item["name"] for item in container.get("env", [])}
-        assert not plain & {"FMTL_DATABASE_URL", "FMTL_BROKER_URL", "FMTL_TOKEN_PEPPER"}
+        assert not plain & {
+            "FMTL_DATABASE_URL",
+            "FMTL_BROKER_URL",
+            "FMTL_TOKEN_PEPPER",
+            "FMTL_SIGNING_KEY",
+        }
     assert seen == 4
     for doc in documents:
         if doc["kind"] in {"Deployment", "Job"}:
