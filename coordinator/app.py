@@ -22,6 +22,9 @@ from coordinator.api.ops import router as ops_router
 from coordinator.api.problems import install_problem_handlers
 from coordinator.audit.views import router as audit_router
 from coordinator.auth.views import router as tokens_router
+from coordinator.console.actions import router as console_actions_router
+from coordinator.console.rendering import ConsolePages
+from coordinator.console.views import router as console_router
 from coordinator.federations.views import router as federations_router
 from coordinator.institutions.views import agent_router
 from coordinator.institutions.views import router as institutions_router
@@ -87,9 +90,11 @@ def create_app(settings: Settings, *, start_embedded_worker: bool = True) -> Fas
         agent_router,
         round_agent_router,
         round_upload_router,
+        console_router,
+        console_actions_router,
     ):
         app.include_router(router)
-    install_problem_handlers(app)
+    install_problem_handlers(app, ConsolePages())
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,

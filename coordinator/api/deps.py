@@ -5,7 +5,9 @@ Every endpoint declares who may call it with exactly one *access dependency*:
 - `require_roles(Role.ADMIN, ...)`: a person with a bearer API token of one of those roles;
 - `signed_agent`: an enrolled agent, by an RFC 9421 signature (see `coordinator.auth.signatures`);
 - `enrollment_token`: anyone holding a one-time enrollment token (checked by the service);
-- `public`: anyone (health and metrics probes).
+- `public`: anyone (health and metrics probes);
+- `coordinator.console.session.console_roles(...)`: a person signed in to the web console
+  (a session cookie over their API token) whose role is one of those.
 
 Each carries its `Access` as an attribute, so `declared_access(route)` can read it back and
 the authorization matrix test can enumerate every route of the app and what it admits.
@@ -40,6 +42,8 @@ class AccessKind(enum.StrEnum):
     AGENT = "agent"
     ENROLLMENT = "enrollment"
     PUBLIC = "public"
+    CONSOLE = "console"  # people, signed in to the web console (session cookie)
+    SIGN_IN = "sign-in"  # the console's sign-in form: the API token is in the body
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ nothing about its cause (the cause is logged).
 from __future__ import annotations
 
 import logging
-from typing import Final
+from typing import Final, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -82,6 +82,21 @@ class Problem(BaseModel):
     errors: list[ValidationIssue] | None = None
 
 
+class ErrorPages(Protocol):
+    """Answers errors of some paths with pages instead of problem documents (the console)."""
+
+    def handles(self, request: Request) -> bool: ...
+
+    def page(self, request: Request, status: int, detail: str) -> Response: ...
+
+
+def _page(request: Request, status: int, detail: str) -> Response | None:
+    pages: ErrorPages | None = getattr(request.app.state, "error_pages", None)
+    if pages is None or not pages.handles(request):
+        return None
+    return pages.page(request, status, detail)
+
+
 def status_of(error: CoordinatorError) -> int:
     for cls in type(error).__mro__:
         if cls in STATUS_OF:
@@ -126,9 +141,11 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
     }
 
 
-async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+async def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CoordinatorError)
     status = status_of(exc)
+    if (page := _page(request, status, exc.detail)) is not None:
+        return page
     headers = None
     if status == 401:
         scheme = "Signature" if isinstance(exc, SignatureRejected) else "Bearer"
@@ -140,7 +157,7 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     issues = [
         ValidationIssue(
@@ -151,6 +168,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         for error in exc.errors()
     ]
     where = ", ".join(".".join(str(part) for part in issue.loc) for issue in issues[:5])
+    if (page := _page(request, 422, f"the form is incomplete or invalid ({where})")) is not None:
+        return page
     return problem_response(
         422,
         "invalid-request",
@@ -160,10 +179,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
     detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "error")
+    if (page := _page(request, exc.status_code, detail)) is not None:
+        return page
     return problem_response(
         exc.status_code,
         slug,
@@ -180,7 +201,8 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def install_problem_handlers(app: FastAPI) -> None:
+def install_problem_handlers(app: FastAPI, pages: ErrorPages | None = None) -> None:
+    app.state.error_pages = pages
     app.add_exception_handler(CoordinatorError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
