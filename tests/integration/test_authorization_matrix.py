@@ -10,6 +10,7 @@ is too old, a replayed agent request, and a revoked institution's signature.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from coordinator.db import Database, utcnow
 from .conftest import AgentIdentity, CoordinatorServer, enroll_over_http
 
 ADMIN_ONLY_SIDE_EFFECT_FREE = "spare"  # an institution the matrix may revoke
+CONSOLE = "/console"
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,6 @@ def _issue(server: CoordinatorServer, admin: str, role: Role) -> tuple[int, str]
 
 def _body(endpoint: Endpoint, counter: int) -> bytes:
     """A well-formed body for each POST, so that only authorization can refuse the request."""
-    import json
-
     path = endpoint.path
     if path == "/api/v1/tokens":
         document: object = {"name": f"m{counter}", "role": "auditor"}
@@ -131,6 +131,10 @@ def _body(endpoint: Endpoint, counter: int) -> bytes:
     return json.dumps(document).encode()
 
 
+def _console(endpoint: Endpoint) -> bool:
+    return endpoint.path == CONSOLE or endpoint.path.startswith(CONSOLE + "/")
+
+
 def _url(server: CoordinatorServer, endpoint: Endpoint, values: dict[str, str]) -> str:
     def fill(match: re.Match[str]) -> str:
         return values[match.group(1)]
@@ -159,6 +163,7 @@ def test_only_the_declared_callers_get_through(
     app_endpoints = endpoints(create_app(server.env.settings(), start_embedded_worker=False))
     served = httpx.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
     served_operations = {(method.upper(), path) for path, item in served.items() for method in item}
+    app_endpoints = [e for e in app_endpoints if not _console(e)]  # console: its own test
     assert {(e.method, e.path) for e in app_endpoints} == served_operations
 
     revoked_agent = enroll_over_http(
@@ -238,3 +243,168 @@ def test_only_the_declared_callers_get_through(
                 assert response.headers["content-type"] == "application/problem+json"
     assert not wrong, "\n".join(wrong)
     assert counter == len(app_endpoints) * len(callers)
+
+
+# -- the web console ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Browser:
+    """A console caller: the cookie it sends and the CSRF token its forms carry."""
+
+    name: str
+    cookie: str | None = None
+    csrf: str = ""
+    role: Role | None = None  # the role of a valid session
+    bearer: str | None = None  # an API token sent as a header instead of a session
+
+
+def _session(server: CoordinatorServer, token: str) -> tuple[str, str]:
+    """Sign in with `token` through the form; the session cookie and the page's CSRF token."""
+    signed = httpx.post(
+        f"{server.url}{CONSOLE}/sign-in",
+        data={"token": token, "next": f"{CONSOLE}/federations"},
+        timeout=10,
+    )
+    assert signed.status_code == 303, signed.text
+    cookie = signed.cookies["fmtl_console"]
+    page = httpx.get(
+        f"{server.url}{CONSOLE}/federations", cookies={"fmtl_console": cookie}, timeout=10
+    )
+    assert page.status_code == 200, page.text
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+    assert found is not None
+    return cookie, found.group(1)
+
+
+def _console_request(
+    server: CoordinatorServer,
+    endpoint: Endpoint,
+    browser: Browser,
+    counter: int,
+    values: dict[str, str],
+) -> httpx.Response:
+    url = _url(server, endpoint, values)
+    cookies = {} if browser.cookie is None else {"fmtl_console": browser.cookie}
+    headers = {} if browser.bearer is None else {"Authorization": f"Bearer {browser.bearer}"}
+    if endpoint.method == "GET":
+        return httpx.get(url, cookies=cookies, headers=headers, timeout=30)
+    form: dict[str, str | list[str]] = {"csrf": browser.csrf}
+    files = None
+    path = endpoint.path
+    if path == f"{CONSOLE}/sign-in":
+        form = {"token": "fmtl_api_" + "x" * 43}
+    elif path == f"{CONSOLE}/federations":
+        spec = {
+            "name": f"console_{counter}",
+            "tasks": [{"name": "t", "kind": "binary"}],
+            "model": {"encoder": {"kind": "mlp", "input_dim": 3}},
+        }
+        files = {"spec": ("spec.json", json.dumps(spec).encode(), "application/json")}
+    elif path.endswith("/institutions"):
+        form |= {"name": f"console_{counter}", "tasks": ["disease"]}
+    return httpx.post(url, data=form, files=files, cookies=cookies, headers=headers, timeout=30)
+
+
+def _console_refused(response: httpx.Response) -> bool:
+    # refused: sent to sign in, and back here after (a sign-out goes to the bare form)
+    to_sign_in = response.status_code == 303 and response.headers["location"].startswith(
+        f"{CONSOLE}/sign-in?next="
+    )
+    return to_sign_in or response.status_code in (401, 403)
+
+
+def _console_admitted(endpoint: Endpoint, browser: Browser) -> bool:
+    access = endpoint.access
+    if access.kind is AccessKind.PUBLIC:
+        return True
+    if access.kind is AccessKind.CONSOLE:
+        return browser.role is not None and browser.role in access.roles
+    return False  # the sign-in form with a bogus token: nobody
+
+
+def test_only_the_declared_people_see_each_console_page(
+    coordinator_server: CoordinatorServer, admin_token: str, federation_name: str
+) -> None:
+    """Every console route x every kind of browser: pages follow the API's matrix."""
+    server = coordinator_server
+    everything = endpoints(create_app(server.env.settings(), start_embedded_worker=False))
+    console = [e for e in everything if _console(e)]
+    kinds = {e.access.kind for e in console}
+    assert kinds == {AccessKind.CONSOLE, AccessKind.PUBLIC, AccessKind.SIGN_IN}
+    spare_token_id, _ = _issue(server, admin_token, Role.AUDITOR)
+    revoked_id, revoked_token = _issue(server, admin_token, Role.ADMIN)
+    revoked_cookie, revoked_csrf = _session(server, revoked_token)
+    assert httpx.post(
+        f"{server.url}/api/v1/tokens/{revoked_id}/revoke",
+        headers={"Authorization": f"Bearer {admin_token}"},
+        timeout=10,
+    ).is_success
+    expired_cookie, expired_csrf = _session(server, _token_in_db(server, Role.ADMIN, expired=False))
+    _expire_all_matrix_tokens(server)
+    admin_cookie, admin_csrf = _session(server, admin_token)
+    browsers = [
+        Browser("nobody"),
+        Browser("garbage cookie", cookie="not-a-session"),
+        Browser(
+            "forged cookie",
+            cookie=admin_cookie[:-4] + ("AAAA" if admin_cookie[-4:] != "AAAA" else "BBBB"),
+            csrf=admin_csrf,
+        ),
+        Browser("API bearer token, no session", bearer=admin_token),
+        Browser("admin", admin_cookie, admin_csrf, Role.ADMIN),
+        Browser(
+            "operator",
+            *_session(server, _issue(server, admin_token, Role.OPERATOR)[1]),
+            Role.OPERATOR,
+        ),
+        Browser(
+            "auditor", *_session(server, _issue(server, admin_token, Role.AUDITOR)[1]), Role.AUDITOR
+        ),
+        Browser("session of a revoked token", revoked_cookie, revoked_csrf),
+        Browser("session of an expired token", expired_cookie, expired_csrf),
+    ]
+    values = {
+        "federation": federation_name,
+        "number": "1",
+        "token_id": str(spare_token_id),
+        "name": "style.css",
+    }
+    wrong: list[str] = []
+    counter = 0
+    for endpoint in console:
+        for browser in browsers:
+            counter += 1
+            response = _console_request(server, endpoint, browser, counter, values)
+            refused = _console_refused(response)
+            if _console_admitted(endpoint, browser) == refused:
+                wrong.append(
+                    f"{endpoint.method} {endpoint.path} as {browser.name}: "
+                    f"{response.status_code} (declared {endpoint.access.kind.value} "
+                    f"{sorted(role.value for role in endpoint.access.roles)})"
+                )
+            elif refused and endpoint.access.kind is AccessKind.CONSOLE:
+                # no session: GETs go to the sign-in page, forms get 401; a role: 403
+                expected = (
+                    403 if browser.role is not None else (303 if endpoint.method == "GET" else 401)
+                )
+                if response.status_code != expected:
+                    wrong.append(
+                        f"{endpoint.method} {endpoint.path} as {browser.name}: "
+                        f"{response.status_code}, expected {expected}"
+                    )
+    assert not wrong, "\n".join(wrong)
+    assert counter == len(console) * len(browsers)
+
+
+def _expire_all_matrix_tokens(server: CoordinatorServer) -> None:
+    """Expire the token `_token_in_db(expired=False)` made (its session must die with it)."""
+    database = Database(server.env.settings().resolved_database_url)
+    with database.scope() as session:
+        session.execute(
+            sa.update(ApiToken)
+            .where(ApiToken.name == f"matrix-{Role.ADMIN.value}")
+            .values(expires_at=utcnow() - timedelta(minutes=1))
+        )
+        session.commit()
+    database.dispose()
