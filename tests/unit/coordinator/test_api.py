@@ -38,8 +38,17 @@ def _problem(response: object, status: int) -> dict[str, object]:
 def test_every_endpoint_declares_who_may_call_it(app: FastAPI) -> None:
     declared = endpoints(app)  # raises if any operation declares none, or two
     public = {(e.method, e.path) for e in declared if e.access.kind is AccessKind.PUBLIC}
-    assert public == {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
-    assert all(e.access.roles for e in declared if e.access.kind is AccessKind.PEOPLE)
+    assert public == {
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        # the console's style sheet and script, its front door and its sign-in form
+        ("GET", "/console/static/{name}"),
+        ("GET", "/console"),
+        ("GET", "/console/sign-in"),
+    }
+    people = (AccessKind.PEOPLE, AccessKind.CONSOLE)
+    assert all(e.access.roles for e in declared if e.access.kind in people)
 
 
 def test_admin_creates_and_everyone_reads_a_federation(
