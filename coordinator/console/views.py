@@ -24,7 +24,7 @@ from coordinator.auth.models import Role
 from coordinator.console import graphs, queries
 from coordinator.console.rendering import PREFIX, SECURITY_HEADERS, redirect, render, static_file
 from coordinator.console.session import AUDITORS, AdminView, AuditorView, ReaderView
-from coordinator.errors import NotFound
+from coordinator.errors import InvalidInput, NotFound
 from coordinator.federations.service import get_federation
 from coordinator.reports.pages import svg
 from federation.spec import NAME_PATTERN
@@ -221,6 +221,64 @@ def _day(value: date | None, *, end: bool = False) -> datetime | None:
         return None
     moment = datetime.combine(value, time.min, tzinfo=UTC)
     return moment + timedelta(days=1) if end else moment
+
+
+@router.get("/federations/{federation}/report")
+def report_form(
+    request: Request, federation: FederationName, viewer: AuditorView, session: SessionDep
+) -> HTMLResponse:
+    found = get_federation(session, federation)
+    return render(
+        request,
+        viewer,
+        "report.html.j2",
+        title=f"Auditor's privacy report of {found.name}",
+        federation_name=found.name,
+        key_id=request.app.state.runtime.signing_key.key_id,
+    )
+
+
+@router.get("/federations/{federation}/report/download")
+def report_download(
+    request: Request,
+    federation: FederationName,
+    viewer: AuditorView,
+    session: SessionDep,
+    since: date | None = None,
+    until: date | None = None,
+    kind: Annotated[str, Query(pattern="^(html|json)$")] = "html",
+) -> Response:
+    """The signed report as one HTML file (with its JSON inside), or the JSON alone."""
+    from coordinator.reports.privacy import privacy_report
+
+    found = get_federation(session, federation)
+    if since is not None and until is not None and until < since:
+        raise InvalidInput("the period ends before it starts")
+    page, envelope = privacy_report(
+        session,
+        found,
+        request.app.state.runtime.signing_key,
+        since=_day(since),
+        until=_day(until, end=True),
+        version=_version(),
+    )
+    stamp = envelope.signed.document.generated_at.strftime("%Y%m%dT%H%M%SZ")
+    name = f"fmtl-privacy-report-{found.name}-{stamp}.{kind}"
+    headers = {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'}
+    if kind == "json":
+        return Response(
+            envelope.model_dump_json(indent=1), media_type="application/json", headers=headers
+        )
+    return HTMLResponse(page, headers=headers)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fmtl")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
 
 
 @router.get("/audit")

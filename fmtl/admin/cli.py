@@ -289,3 +289,38 @@ def audit_verify(ctx: typer.Context) -> None:
         )
         raise typer.Exit(3)
     typer.echo(f"audit log intact: {result.entries} entries, head {result.head_hash}")
+
+
+@app.command("verify-report")
+def verify_report(
+    report: Annotated[Path, typer.Argument(help="The privacy report (HTML or JSON) to check.")],
+    key_id: Annotated[
+        str | None,
+        typer.Option(
+            help="The coordinator's key id (`fmtl coordinator signing-key`); without it the "
+            "report is checked against the key it names."
+        ),
+    ] = None,
+    every_line: Annotated[
+        bool, typer.Option("--every-line", help="Recompute ε of every line, not only totals.")
+    ] = False,
+    recompute: Annotated[
+        bool, typer.Option(help="Recompute ε from the reported (σ, q, steps) histories.")
+    ] = True,
+) -> None:
+    """Check an auditor's privacy report offline: signature, key, page and arithmetic."""
+    from fmtl.admin.report_check import ReportUnreadable
+    from fmtl.admin.report_check import verify_report as check
+
+    try:
+        verdict = check(report, expected_key_id=key_id, recompute=recompute, every_line=every_line)
+    except ReportUnreadable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for line in verdict.checks:
+        typer.echo(f"ok: {line}")
+    for problem in verdict.problems:
+        typer.echo(f"FAILED: {problem}", err=True)
+    if not verdict.ok:
+        raise typer.Exit(1)
+    typer.echo(f"verified: privacy report of {verdict.federation}, key {verdict.key_id}")
