@@ -7,7 +7,13 @@
   `BudgetExceeded` refusal before any step would overspend.
 """
 
-from privacy.dp.accountant import Accountant, AccountantKind, HistoryEntry, epsilon_for
+from privacy.dp.accountant import (
+    Accountant,
+    AccountantKind,
+    HistoryEntry,
+    epsilon_for,
+    published_sample_rate,
+)
 from privacy.dp.budget import RoundPlan, check_round, noise_for_budget
 from privacy.dp.engine import GRAD_SAMPLE_MODES, GradSampleMode, PrivateTraining
 from privacy.dp.errors import (
@@ -34,4 +40,5 @@ __all__ = [
     "check_round",
     "epsilon_for",
     "noise_for_budget",
+    "published_sample_rate",
 ]

@@ -1,4 +1,4 @@
-"""The accountant: Opacus' own epsilon, persisted history, restore and continue."""
+"""The accountant: Opacus' own arithmetic, persisted history, restore and continue."""
 
 from __future__ import annotations
 
@@ -9,16 +9,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 
-from privacy.dp import Accountant, InvalidPrivacyParameter, epsilon_for
+from privacy.dp import Accountant, InvalidPrivacyParameter, epsilon_for, published_sample_rate
+from privacy.dp.accountant import RDP_ORDERS
 
 
 def opacus_epsilon(kind: str, steps: list[tuple[float, float, int]], delta: float) -> float:
-    """Opacus' accountant driven step by step, as its optimizer hook does."""
+    """Opacus' accountant driven step by step, as its optimizer hook does (RDP at the
+    ledger's integer orders, each order's RDP from Opacus' own per-order function)."""
     accountant = RDPAccountant() if kind == "rdp" else PRVAccountant()
     for sigma, q, n in steps:
         for _ in range(n):
             accountant.step(noise_multiplier=sigma, sample_rate=q)
+    if kind == "rdp":
+        return float(accountant.get_epsilon(delta=delta, alphas=list(RDP_ORDERS)))
     return float(accountant.get_epsilon(delta=delta))
 
 
@@ -96,3 +101,30 @@ def test_no_noise_has_no_finite_epsilon_and_nothing_spends_nothing() -> None:
 def test_unknown_kind_names_the_setting() -> None:
     with pytest.raises(InvalidPrivacyParameter, match=r"accountant: unknown kind 'gdp'"):
         Accountant("gdp")
+
+
+@pytest.mark.parametrize(
+    ("q", "sigma"), [(0.01, 1.1), (0.28125, 2.95), (0.6875, 4.94), (0.999, 0.7), (1.0, 2.0)]
+)
+def test_each_order_is_opacus_integer_order_rdp(q: float, sigma: float) -> None:
+    from privacy.dp.accountant import _rdp_per_step
+
+    expected = rdp_analysis.compute_rdp(
+        q=q, noise_multiplier=sigma, steps=1, orders=[float(a) for a in RDP_ORDERS]
+    )
+    assert _rdp_per_step(q, sigma) == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("q", [1e-6, 0.013, 0.26, 0.27, 0.4, 0.653, 0.99, 1.0])
+def test_published_sample_rate_rounds_up_onto_a_coarse_dyadic_grid(q: float) -> None:
+    published = published_sample_rate(q)
+    assert q <= published <= min(1.0, 1.125 * q)
+    assert published_sample_rate(published) == published  # on the grid: a fixed point
+    mantissa, _ = math.frexp(published)
+    assert (mantissa * 16).is_integer()  # 4 significant binary digits
+
+
+def test_sampling_rates_inside_one_grid_step_publish_the_same_value() -> None:
+    """Training sets of 293 to 315 rows at batch 64 all publish q = 0.21875: the published
+    rate tells N only to within a factor 16/15 here (9/8 at worst)."""
+    assert {published_sample_rate(64 / n) for n in range(293, 316)} == {0.21875}
