@@ -11,8 +11,10 @@ Measured in one run:
   every upload, decoding, applying FedAvg, storing the model), against **memsum**, summing
   the same n masked vectors already in memory (numpy, uint32), in the same run.
 
-    python benchmarks/coordinator.py            # n = 50, d ~ 1e6
-    python benchmarks/coordinator.py --quick    # n = 10, d ~ 1e5
+    python benchmarks/coordinator.py                # n = 50, d ~ 1e6, blobs in a local folder
+    python benchmarks/coordinator.py --quick        # n = 10, d ~ 1e5
+    python benchmarks/coordinator.py --blobs s3     # blobs in an S3-compatible store
+                                                    # (SeaweedFS on loopback, dev extra)
 
 The last line is `coordinator: ingest_mb_s=<x.x> aggregate_vs_memsum=<y.yy>`. PostgreSQL
 and Redis come from FMTL_TEST_DATABASE_URL / FMTL_TEST_REDIS_URL (defaults: 127.0.0.1).
@@ -85,8 +87,9 @@ def _wait(condition: Any, seconds: float, what: str) -> None:
 
 
 @contextmanager
-def real_stack(workers: int) -> Iterator[Stack]:
-    """A fresh PostgreSQL database, then `serve` and `worker` processes on loopback."""
+def real_stack(workers: int, blobs: str = "local") -> Iterator[Stack]:
+    """A fresh PostgreSQL database, then `serve` and `worker` processes on loopback; with
+    `blobs="s3"` a SeaweedFS on loopback holds the blobs (no folder shared by the processes)."""
     import sqlalchemy as sa
     from sqlalchemy.engine import make_url
 
@@ -116,7 +119,13 @@ def real_stack(workers: int) -> Iterator[Stack]:
         }
     )
     stack = Stack(url=f"http://127.0.0.1:{port}", env=env)
+    object_store = None
     try:
+        if blobs == "s3":
+            from tests.seaweedfs import SeaweedS3
+
+            object_store = SeaweedS3.start(state / "seaweedfs", bucket="fmtl-bench")
+            env.update(object_store.env)
         migrations.upgrade(database_url)
         log = (state / "processes.log").open("ab")
         command = [sys.executable, "-m", "fmtl", "coordinator"]
@@ -150,6 +159,8 @@ def real_stack(workers: int) -> Iterator[Stack]:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
+        if object_store is not None:
+            object_store.stop()
         with admin.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
@@ -186,7 +197,7 @@ class DeltaWork:
         return LocalResult(contribution=contribution, train_samples=10)
 
 
-def run(n: int, d: int, workers: int) -> tuple[float, float, float, float]:
+def run(n: int, d: int, workers: int, blobs: str = "local") -> tuple[float, float, float, float]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from agent.coordinator_client import CoordinatorClient
@@ -209,7 +220,7 @@ def run(n: int, d: int, workers: int) -> tuple[float, float, float, float]:
                 vectors.append(MaskedInput.from_bytes(masked_input).vector.copy())
             return receipt
 
-    with real_stack(workers) as stack:
+    with real_stack(workers, blobs) as stack:
         made = subprocess.run(
             [sys.executable, "-m", "fmtl", "coordinator", "create-token", "--role", "admin"],
             env=stack.env,
@@ -299,11 +310,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="participants (default 50)")
     parser.add_argument("--d", type=int, default=None, help="update length (default 1e6)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
+    parser.add_argument(
+        "--blobs", choices=("local", "s3"), default="local", help="where the blobs live"
+    )
     args = parser.parse_args()
     n = args.n or (10 if args.quick else 50)
     d = args.d or (100_000 if args.quick else 1_000_000)
-    ingest, aggregate_s, memsum_s, upload_bytes = run(n, d, args.workers)
-    print(f"n={n} d~{d} upload={upload_bytes / 1e6:.2f} MB workers={args.workers}")
+    ingest, aggregate_s, memsum_s, upload_bytes = run(n, d, args.workers, args.blobs)
+    print(
+        f"n={n} d~{d} upload={upload_bytes / 1e6:.2f} MB workers={args.workers} blobs={args.blobs}"
+    )
     print(f"ingest: {ingest:.1f} MB/s over {n} uploads")
     print(f"aggregate: {aggregate_s * 1e3:.0f} ms; memsum: {memsum_s * 1e3:.1f} ms")
     print(f"coordinator: ingest_mb_s={ingest:.1f} aggregate_vs_memsum={aggregate_s / memsum_s:.2f}")

@@ -110,7 +110,8 @@ def serve(
         runtime = Runtime.from_settings(settings)
         ensure_schema(runtime, migrate=settings.should_auto_migrate)
         runtime.db.dispose()
-        settings.resolved_blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not settings.s3_blobs:
+            settings.resolved_blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         settings.pepper  # noqa: B018 - create the pepper file now, not in a request
         runtime.signing_key  # noqa: B018 - load (or generate) the signing key now
         uvicorn.run(

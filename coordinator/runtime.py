@@ -15,6 +15,23 @@ from coordinator.settings import Settings
 from coordinator.signing import SigningKey, load_signing_key
 
 
+def blob_store(settings: Settings) -> BlobStore:
+    """The blob store the settings name: an S3-compatible bucket, or the local folder."""
+    if settings.s3_blobs:
+        from coordinator.blobs.s3 import S3BlobStore, S3Location  # boto3: only when used
+
+        secret = settings.s3_secret_access_key
+        location = S3Location.parse(
+            settings.blob_url or "",
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=None if secret is None else secret.get_secret_value(),
+        )
+        return S3BlobStore(location)
+    return LocalBlobStore(settings.resolved_blob_dir)
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -26,7 +43,7 @@ class Runtime:
         return cls(
             settings=settings,
             db=Database(settings.resolved_database_url),
-            blobs=LocalBlobStore(settings.resolved_blob_dir),
+            blobs=blob_store(settings),
         )
 
     @cached_property

@@ -53,6 +53,23 @@ class Settings(BaseSettings):
     blob_dir: Path | None = Field(
         default=None, description="Blob folder; unset: `<state_dir>/blobs`."
     )
+    blob_url: str | None = Field(
+        default=None,
+        description="Where blobs (models, masked updates, slices) live: `s3://bucket/prefix` "
+        "for an S3-compatible object store (no shared volume needed); unset or `file://`: "
+        "the blob folder.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint of an S3-compatible store (MinIO, SeaweedFS, Ceph ...); unset: AWS.",
+    )
+    s3_region: str | None = Field(default=None, description="S3 region; unset: us-east-1.")
+    s3_access_key_id: str | None = Field(
+        default=None, description="S3 access key id; unset: the AWS SDK's own credential chain."
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="S3 secret key; unset: the AWS SDK's own credential chain."
+    )
     broker_url: str = Field(
         default=EMBEDDED_BROKER,
         description="Celery broker; `memory://` runs tasks on a thread inside `serve`, "
@@ -148,6 +165,13 @@ class Settings(BaseSettings):
             raise ValueError("database_url must be a sqlite:// or postgresql:// URL")
         return url
 
+    @field_validator("blob_url")
+    @classmethod
+    def _known_blob_store(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("s3://", "file://")):
+            raise ValueError("blob_url must be an s3://bucket/prefix or a file:// URL")
+        return url
+
     @field_validator("broker_url")
     @classmethod
     def _known_broker(cls, url: str) -> str:
@@ -163,7 +187,14 @@ class Settings(BaseSettings):
 
     @property
     def resolved_blob_dir(self) -> Path:
+        if self.blob_url is not None and self.blob_url.startswith("file://"):
+            return Path(self.blob_url.removeprefix("file://"))
         return self.blob_dir if self.blob_dir is not None else self.state_dir / "blobs"
+
+    @property
+    def s3_blobs(self) -> bool:
+        """Whether blobs live in an S3-compatible object store (else in the blob folder)."""
+        return self.blob_url is not None and self.blob_url.startswith("s3://")
 
     @property
     def is_sqlite(self) -> bool:

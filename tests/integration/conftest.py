@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from agent.http_signing import RequestSigner, SignatureAuth
     from coordinator.settings import Settings
     from federation.wire import AgentProfile
+    from tests.seaweedfs import SeaweedS3
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -376,3 +377,28 @@ def agent_identity(
     return enroll_over_http(
         coordinator_server.url, admin_token, federation_name, "cleveland", ["disease", "severity"]
     )
+
+
+# --- An S3-compatible object store (SeaweedFS) ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """One real SeaweedFS (S3 gateway) for the session, on free loopback ports."""
+    from tests.seaweedfs import SeaweedS3, WeedNotInstalled
+
+    try:
+        server = SeaweedS3.start(tmp_path_factory.mktemp("seaweedfs"))
+    except (WeedNotInstalled, RuntimeError) as exc:
+        _unavailable("SeaweedFS (the S3-compatible store)", exc)
+        raise  # unreachable: _unavailable fails or skips
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_blob_env(s3_server: SeaweedS3, namespace: str) -> dict[str, str]:
+    """FMTL_* settings that put this test's blobs under their own prefix of the bucket."""
+    return {**s3_server.env, "FMTL_BLOB_URL": f"s3://{s3_server.bucket}/{namespace}"}

@@ -31,6 +31,7 @@ from coordinator.rounds.models import SliceState, UnmaskSlice
 from federation.spec import FederationSpec
 from privacy.secagg import MaskedInput, RoundConfig
 from tests.round_support import FixedDeltaWork, expected_model, small_deltas
+from tests.seaweedfs import SeaweedS3
 
 from .conftest import (
     AgentIdentity,
@@ -268,6 +269,45 @@ def test_a_complete_round_stores_the_expected_aggregate(
     ledger = httpx.get(f"{url}/api/v1/ledger", headers=federation.admin, timeout=10).json()
     assert len([row for row in ledger if row["federation"] == federation.name]) == 3
     assert [p.step().outcome for p in parts] == [Outcome.COMPLETED] * 3
+
+
+def test_a_round_with_its_blobs_in_an_s3_store_needs_no_shared_folder(
+    s3_blob_env: dict[str, str],
+    s3_server: SeaweedS3,
+    namespace: str,
+    coordinator_env: CoordinatorEnv,
+    tmp_path: Path,
+) -> None:
+    # API and worker get different state folders: the only place they share is the bucket.
+    coordinator_env.variables.update(s3_blob_env)
+    api_env = CoordinatorEnv(
+        {**coordinator_env.variables, "FMTL_STATE_DIR": str(tmp_path / "api")}, tmp_path / "api"
+    )
+    worker_env = CoordinatorEnv(
+        {**coordinator_env.variables, "FMTL_STATE_DIR": str(tmp_path / "worker")},
+        tmp_path / "worker",
+    )
+    token = api_env.cli("create-token", "--role", "admin").stdout.strip()
+    url, server = start_server(api_env, tmp_path / "serve.log")
+    worker = start_process(worker_env, ["worker", "--concurrency", "1"], tmp_path / "worker.log")
+    try:
+        server_info = CoordinatorServer(url, api_env, server, tmp_path / "serve.log")
+        federation = make_federation(server_info, token, spec_document("objects"), 3)
+        parts = participants(url, federation)
+        number = start_round(url, federation)["number"]
+        done = drive(url, federation, parts, number, completed, "the round to complete")
+        assert done["stage"] == "completed", done["failure_reason"]
+        assert_aggregate(url, federation, federation.works)
+    finally:
+        _stop(worker)
+        _stop(server)
+    client = s3_server.client()
+    listed = client.list_objects_v2(Bucket=s3_server.bucket, Prefix=f"{namespace}/")  # type: ignore[attr-defined]
+    keys = sorted(item["Key"].removeprefix(f"{namespace}/") for item in listed["Contents"])
+    # The two model versions stay; the round's uploads and slices were deleted after it.
+    assert keys == ["models/objects/v000000.bin", "models/objects/v000001.bin"], keys
+    assert not (tmp_path / "api" / "blobs").exists()
+    assert not (tmp_path / "worker" / "blobs").exists()
 
 
 def test_a_dropout_after_share_keys_and_a_decline_leave_the_round_to_the_others(

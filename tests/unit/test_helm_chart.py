@@ -106,6 +106,20 @@ def test_api_and_workers_share_the_blob_volume() -> None:
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
+def test_blobs_in_an_s3_bucket_need_no_shared_volume() -> None:
+    documents = _render(
+        {"blobs": {"s3": {"url": "s3://fl-blobs/prod", "endpointUrl": "http://minio:9000"}}}
+    )
+    assert "PersistentVolumeClaim" not in {doc["kind"] for doc in documents}
+    for _name, container in _containers(documents):
+        env = {item["name"]: item.get("value") for item in container.get("env", [])}
+        assert env["FMTL_BLOB_URL"] == "s3://fl-blobs/prod"
+        assert env["FMTL_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert "FMTL_BLOB_DIR" not in env
+        assert "FMTL_S3_SECRET_ACCESS_KEY" not in env  # from the secret only
+        assert "blobs" not in {m["name"] for m in container["volumeMounts"]}
+
+
 def test_ingress_terminates_tls_when_enabled() -> None:
     documents = _render({"ingress": {"enabled": True, "host": "fl.hospital.example"}})
     ingress = _kind(documents, "Ingress")[FULL]
@@ -125,6 +139,7 @@ def test_autoscaled_workers_get_an_hpa_and_no_fixed_replicas() -> None:
         {"api": {"replicas": 0}},
         {"env": {"DATABASE_URL": "x"}},
         {"blobs": {"size": "lots"}},
+        {"blobs": {"s3": {"url": "/var/blobs"}}},
         {"existingSecret": ""},
     ],
 )

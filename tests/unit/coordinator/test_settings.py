@@ -41,6 +41,7 @@ def test_production_comes_from_fmtl_environment_variables(monkeypatch: pytest.Mo
         ("FMTL_DATABASE_URL", "mysql://db/fmtl"),
         ("FMTL_PORT", "70000"),
         ("FMTL_QUEUE", "bad queue name"),
+        ("FMTL_BLOB_URL", "gs://bucket/prefix"),
     ],
 )
 def test_unsupported_settings_are_refused_naming_the_setting(
@@ -72,3 +73,28 @@ def test_configured_pepper_is_never_shown(tmp_path: Path) -> None:
 def test_short_pepper_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="at least"):
         _ = Settings(state_dir=tmp_path, token_pepper=SecretStr("short")).pepper
+
+
+def test_an_s3_blob_url_selects_the_object_store_and_a_bad_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    from coordinator.blobs.local import LocalBlobStore
+    from coordinator.blobs.s3 import S3BlobStore
+    from coordinator.runtime import blob_store
+
+    settings = Settings(
+        state_dir=tmp_path,
+        blob_url="s3://fl-blobs/prod",
+        s3_endpoint_url="http://127.0.0.1:1",
+        s3_secret_access_key=SecretStr("s3cr3t-value"),
+    )
+    assert settings.s3_blobs
+    store = blob_store(settings)
+    assert isinstance(store, S3BlobStore)
+    assert (store.location.bucket, store.location.prefix) == ("fl-blobs", "prod")
+    assert "s3cr3t-value" not in repr(settings) + repr(store)
+    local = blob_store(Settings(state_dir=tmp_path, blob_url=f"file://{tmp_path}/elsewhere"))
+    assert isinstance(local, LocalBlobStore)
+    assert local.root == tmp_path / "elsewhere"
+    with pytest.raises(ConfigurationError, match="s3://bucket/prefix"):
+        blob_store(Settings(state_dir=tmp_path, blob_url="s3:///no-bucket"))

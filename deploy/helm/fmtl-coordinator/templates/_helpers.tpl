@@ -36,8 +36,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "fmtl.env" -}}
 - name: FMTL_STATE_DIR
   value: /var/lib/fmtl
+{{- if .Values.blobs.s3.url }}
+- name: FMTL_BLOB_URL
+  value: {{ .Values.blobs.s3.url | quote }}
+{{- with .Values.blobs.s3.endpointUrl }}
+- name: FMTL_S3_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.blobs.s3.region }}
+- name: FMTL_S3_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- else }}
 - name: FMTL_BLOB_DIR
   value: /var/lib/fmtl/blobs
+{{- end }}
 {{- range $name, $value := .Values.env }}
 - name: {{ $name }}
   value: {{ $value | quote }}
@@ -49,18 +62,23 @@ app.kubernetes.io/component: {{ .component }}
     name: {{ .Values.existingSecret }}
 {{- end -}}
 
-{{/* Volumes shared by every coordinator pod: blobs (shared) and a writable /tmp. */}}
+{{/* Volumes shared by every coordinator pod: blobs (shared, unless they live in S3) and a
+writable /tmp (also where S3 uploads spool). */}}
 {{- define "fmtl.volumes" -}}
+{{- if not .Values.blobs.s3.url }}
 - name: blobs
   persistentVolumeClaim:
     claimName: {{ include "fmtl.blobClaim" . }}
+{{- end }}
 - name: tmp
   emptyDir: {}
 {{- end -}}
 
 {{- define "fmtl.volumeMounts" -}}
+{{- if not .Values.blobs.s3.url }}
 - name: blobs
   mountPath: /var/lib/fmtl/blobs
+{{- end }}
 - name: tmp
   mountPath: /tmp
 {{- end -}}
