@@ -216,6 +216,19 @@ def ledger(
     )
 
 
+DayField = Annotated[str | None, Query(max_length=10, description="A UTC day, YYYY-MM-DD.")]
+
+
+def _date(text: str | None) -> date | None:
+    """A day from a form's date field; an empty field means none."""
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"{text!r} is not a day (YYYY-MM-DD)") from None
+
+
 def _day(value: date | None, *, end: bool = False) -> datetime | None:
     if value is None:
         return None
@@ -244,22 +257,23 @@ def report_download(
     federation: FederationName,
     viewer: AuditorView,
     session: SessionDep,
-    since: date | None = None,
-    until: date | None = None,
+    since: DayField = None,
+    until: DayField = None,
     kind: Annotated[str, Query(pattern="^(html|json)$")] = "html",
 ) -> Response:
     """The signed report as one HTML file (with its JSON inside), or the JSON alone."""
     from coordinator.reports.privacy import privacy_report
 
     found = get_federation(session, federation)
-    if since is not None and until is not None and until < since:
+    first, last = _date(since), _date(until)
+    if first is not None and last is not None and last < first:
         raise InvalidInput("the period ends before it starts")
     page, envelope = privacy_report(
         session,
         found,
         request.app.state.runtime.signing_key,
-        since=_day(since),
-        until=_day(until, end=True),
+        since=_day(first),
+        until=_day(last, end=True),
         version=_version(),
     )
     stamp = envelope.signed.document.generated_at.strftime("%Y%m%dT%H%M%SZ")
@@ -289,17 +303,18 @@ def audit_log(
     action: Annotated[str | None, Query(max_length=64)] = None,
     actor: Annotated[str | None, Query(max_length=200)] = None,
     subject: Annotated[str | None, Query(max_length=200)] = None,
-    since: date | None = None,
-    until: date | None = None,
+    since: DayField = None,
+    until: DayField = None,
     before: Annotated[int | None, Query(ge=1, le=2**62)] = None,
     verify: bool = False,
 ) -> HTMLResponse:
+    first, last = _date(since), _date(until)
     where = queries.AuditFilter(
         action=action or None,
         actor=actor or None,
         subject=subject or None,
-        since=_day(since),
-        until=_day(until, end=True),
+        since=_day(first),
+        until=_day(last, end=True),
     )
     verification = audit.verify(session) if verify else None
     if (
@@ -322,8 +337,8 @@ def audit_log(
             "action": action or "",
             "actor": actor or "",
             "subject": subject or "",
-            "since": since.isoformat() if since else "",
-            "until": until.isoformat() if until else "",
+            "since": first.isoformat() if first else "",
+            "until": last.isoformat() if last else "",
         },
         page=page,
         verification=verification,

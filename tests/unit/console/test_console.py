@@ -220,6 +220,9 @@ def test_the_audit_log_pages_and_filters(
     assert older is not None
     second = auditor.client.get(f"/console/audit?before={older.group(1)}").text
     assert max(int(s) for s in re.findall(r'<tr id="entry-(\d+)"', second)) < min(seqs)
+    empty = auditor.client.get("/console/audit?action=&subject=&actor=&since=&until=")
+    assert empty.status_code == 200  # the filter form as a browser sends it, nothing filled
+    assert auditor.client.get("/console/audit?since=yesterday").status_code == 422
     filtered = auditor.client.get("/console/audit?action=round.created&subject=round:heart/").text
     actions = re.findall(r'<td class="text">(round\.[a-z_]+|spend\.[a-z]+)</td>', filtered)
     assert actions
