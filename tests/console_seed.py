@@ -80,7 +80,7 @@ def seed(
                 "federation_id": federation.id,
                 "name": name,
                 "state": EnrollmentState.ENROLLED,
-                "public_key": (i + 1).to_bytes(4, "big") * 8,
+                "public_key": (federation.id * 1_000_000 + i + 1).to_bytes(8, "big") * 4,
                 "invited_at": T0 - timedelta(days=1),
                 "enrolled_at": T0 - timedelta(hours=12),
                 "last_seen_at": T0 + ROUND_SPACING * rounds,

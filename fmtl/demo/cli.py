@@ -74,6 +74,14 @@ def demo(
         Path | None,
         typer.Option(help="Folder of the example (federation.json, mapping_<hospital>.toml)."),
     ] = None,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve",
+            help="After the report, keep the coordinator up and print its web console's URL "
+            "(sign in with the admin token the run folder holds) until Ctrl-C.",
+        ),
+    ] = False,
 ) -> None:
     """Run four hospitals' federation end to end and write an HTML report."""
     from rich.console import Console
@@ -94,6 +102,7 @@ def demo(
         example=example,
         stage_timeout_s=stage_timeout,
         local_epochs=local_epochs,
+        serve=serve,
     )
     try:
         run_demo(options, Console())

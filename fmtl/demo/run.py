@@ -23,6 +23,7 @@ line naming its log. Ctrl-C (or SIGTERM) stops every child, agents first.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import signal
@@ -101,6 +102,9 @@ AGENT_START_WAIT_S: Final = 120.0
 ENROLLMENT_TOKEN_ENV: Final = "FMTL_AGENT_ENROLLMENT_TOKEN"  # noqa: S105 - a variable name
 #: The last model version's parameters (model layout, little-endian float32).
 FINAL_MODEL_FILE: Final = "final_model.f32"
+#: `--serve`: the admin token to sign in to the console with (mode 0600, in the run folder).
+ADMIN_TOKEN_FILE: Final = "admin_token"  # noqa: S105 - a file name
+SERVE_POLL_S: Final = 0.5
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,8 @@ class DemoOptions:
     #: False: plain (unmasked) aggregation, for benchmarks only (the coordinator must allow it).
     secure: bool = True
     worker_concurrency: int = 2
+    #: Keep the coordinator up after the report, with its web console, until Ctrl-C.
+    serve: bool = False
 
     def check(self) -> None:
         if self.rounds < 1:
@@ -321,7 +327,30 @@ class DemoRun:
             self._finish(admin)
         report = write_report(self.record, self.run_dir / "report.html")
         say(f"[bold green]report:[/bold green] {report}")
-        return DemoOutcome(self.run_dir, report, self.record)
+        outcome = DemoOutcome(self.run_dir, report, self.record)
+        if options.serve:
+            self._serve_console()
+        return outcome
+
+    def _serve_console(self) -> None:
+        """Keep the coordinator (and its console) up until Ctrl-C; agents stop first."""
+        for child in self.children.items:
+            if child.name.startswith("agent-"):
+                child.stop()
+        token_file = self.run_dir / ADMIN_TOKEN_FILE
+        descriptor = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+            handle.write(self.token + "\n")
+        self.console.print(
+            f"[bold green]console:[/bold green] {self.url}/console — sign in with the admin "
+            f"token in {token_file}; Ctrl-C stops the coordinator"
+        )
+        try:
+            while True:
+                self.children.check()  # the coordinator died: one line, exit 1
+                time.sleep(SERVE_POLL_S)
+        except KeyboardInterrupt:
+            self.console.print("stopping the coordinator")
 
     def _settings_for_report(self, example: Example) -> dict[str, str | int | float | bool | None]:
         o = self.options

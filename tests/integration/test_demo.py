@@ -93,9 +93,55 @@ def _check_run(out: Path, done: subprocess.CompletedProcess[str], rounds: int) -
     return record
 
 
+def _demo_serving(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`fmtl demo --serve`: once it prints the console's URL, sign in there with the token
+    the run folder holds and read the ledger page, then Ctrl-C: it stops and exits 0."""
+    import re
+    import signal
+    import threading
+    import time
+
+    import httpx
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FMTL_")}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "fmtl", "demo", "--out", str(out), "--serve", *args],
+        env={**env, "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(demo.stdout.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    deadline = time.monotonic() + DEMO_TIMEOUT_S
+    url = None
+    while url is None and demo.poll() is None and time.monotonic() < deadline:
+        found = re.search(r"console: (http://127\.0\.0\.1:\d+/console)", "".join(lines))
+        url = found.group(1) if found else None
+        time.sleep(0.5)
+    try:
+        assert url is not None, f"no console URL printed:\n{''.join(lines)[-3000:]}"
+        token = (out / "admin_token").read_text().strip()
+        assert (out / "admin_token").stat().st_mode & 0o777 == 0o600
+        with httpx.Client(base_url=url.removesuffix("/console"), timeout=30) as browser:
+            signed = browser.post("/console/sign-in", data={"token": token})
+            assert signed.status_code == 200, signed.text  # followed to the federations
+            assert "heart_disease" in signed.text
+            ledger = browser.get("/console/federations/heart_disease/ledger")
+            assert ledger.status_code == 200
+            assert "Every reported ε agrees with the recomputation" in ledger.text
+        assert demo.poll() is None  # still serving
+    finally:
+        demo.send_signal(signal.SIGINT)
+        _, stderr = demo.communicate(timeout=60)
+        reader.join(timeout=10)
+    return subprocess.CompletedProcess(demo.args, demo.returncode, "".join(lines), stderr)
+
+
 def test_demo_runs_rounds_with_four_agent_processes_and_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    done = _demo(out, *FAST)
+    done = _demo_serving(out, *FAST)
     record = _check_run(out, done, rounds=2)
     assert all(r.participants == 4 for r in record.rounds)
     assert "task-wise results" in done.stdout
