@@ -179,7 +179,7 @@ def epsilon_chart(points: Sequence[LedgerPoint], *, title: str | None = None) ->
                 )
             )
     return charts.line_chart(
-        title or "Cumulative ε per institution (coordinator's recomputation) and budget",
+        title or "Cumulative ε per institution (recomputed) and budget",
         series,
         y_label="ε",
         y_from_zero=True,

@@ -124,7 +124,9 @@ def _demo_serving(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
         assert url is not None, f"no console URL printed:\n{''.join(lines)[-3000:]}"
         token = (out / "admin_token").read_text().strip()
         assert (out / "admin_token").stat().st_mode & 0o777 == 0o600
-        with httpx.Client(base_url=url.removesuffix("/console"), timeout=30) as browser:
+        with httpx.Client(
+            base_url=url.removesuffix("/console"), timeout=30, follow_redirects=True
+        ) as browser:
             signed = browser.post("/console/sign-in", data={"token": token})
             assert signed.status_code == 200, signed.text  # followed to the federations
             assert "heart_disease" in signed.text
