@@ -1,25 +1,38 @@
 """Per-task evaluation on the local validation split.
 
-Binary: AUC (ties averaged; left out when the split holds a single class) and accuracy at
-0.5. Multiclass: accuracy and macro one-vs-rest AUC over the classes present. Regression:
-MAE and RMSE in the label's original units (the scaling is undone). Every task also
-reports its loss and `n`, the number of labelled validation samples.
+Binary: AUC (ties averaged; left out when the split holds a single class), accuracy at
+0.5, balanced accuracy (the mean of the recalls of the two classes, so that predicting
+the majority class scores 0.5 whatever the prevalence) and the expected calibration error
+(ECE). Multiclass: accuracy, balanced accuracy (mean recall over the classes present),
+macro one-vs-rest AUC over the classes present and ECE. Regression: MAE and RMSE in the
+label's original units (the scaling is undone). Every task also reports its loss and `n`,
+the number of labelled validation samples.
+
+ECE is the top-label expected calibration error over `CALIBRATION_BINS` equal-width bins
+of the predicted class's probability (Guo et al. 2017, "On Calibration of Modern Neural
+Networks", eq. 3): Σ_b (n_b / n) |accuracy_b − confidence_b|. 0 is perfectly calibrated.
+
+`evaluate_split` takes any module that maps a feature batch to one output per task (the
+global `MultiTaskModel`, or an institution's personalised model).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Final
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from torch import nn
 
 from agent.data import LabelScale, SplitTensors
 from agent.loss import task_losses
-from federation.model import MultiTaskModel
 from federation.spec import FederationSpec, TaskKind
 
 Metrics = dict[str, dict[str, float]]
+#: Equal-width confidence bins of the ECE (15, as Guo et al. 2017).
+CALIBRATION_BINS: Final = 15
 
 
 def auc(scores: NDArray[np.float64], positives: NDArray[np.bool_]) -> float | None:
@@ -38,10 +51,81 @@ def auc(scores: NDArray[np.float64], positives: NDArray[np.bool_]) -> float | No
     return float(u / (n_pos * n_neg))
 
 
+def balanced_accuracy(predicted: NDArray[np.int64], classes: NDArray[np.int64]) -> float:
+    """Mean over the classes present in `classes` of the fraction predicted correctly."""
+    recalls = [float(np.mean(predicted[classes == c] == c)) for c in np.unique(classes)]
+    return float(np.mean(recalls))
+
+
+def expected_calibration_error(
+    probabilities: NDArray[np.float64], classes: NDArray[np.int64], bins: int = CALIBRATION_BINS
+) -> float:
+    """Top-label ECE of `probabilities` (n, classes) against the true `classes`."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == classes
+    # Bin b holds confidences in (b/bins, (b+1)/bins]; a confidence of 0 joins bin 0.
+    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            total += members.sum() * abs(correct[members].mean() - confidence[members].mean())
+    return float(total / len(classes))
+
+
+def _classification(
+    probabilities: NDArray[np.float64], classes: NDArray[np.int64]
+) -> dict[str, float]:
+    predicted = probabilities.argmax(axis=1)
+    return {
+        "accuracy": float(np.mean(predicted == classes)),
+        "balanced_accuracy": balanced_accuracy(predicted, classes),
+        "ece": expected_calibration_error(probabilities, classes),
+    }
+
+
+def task_metrics(
+    spec: FederationSpec,
+    task: str,
+    outputs: torch.Tensor,
+    labels: torch.Tensor,
+    scale: LabelScale | None,
+) -> dict[str, float]:
+    """The metrics of one task from its labelled samples' outputs (without `n` and loss)."""
+    out = outputs.double().cpu()
+    y = labels.cpu()
+    kind = spec.task(task).kind
+    result: dict[str, float] = {}
+    if kind is TaskKind.BINARY:
+        logits = out[:, 0].numpy()
+        positives = y.numpy() > 0.5
+        p = 1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))
+        result.update(_classification(np.stack([1.0 - p, p], axis=1), positives.astype(np.int64)))
+        # Accuracy at 0.5 from the logit itself (a probability of exactly 0.5 counts as 0).
+        result["accuracy"] = float(np.mean((logits > 0.0) == positives))
+        value = auc(logits, positives)
+        if value is not None:
+            result["auc"] = value
+    elif kind is TaskKind.MULTICLASS:
+        probs = torch.softmax(out, dim=1).numpy()
+        classes = y.numpy().astype(np.int64)
+        result.update(_classification(probs, classes))
+        per_class = [auc(probs[:, c], classes == c) for c in range(probs.shape[1])]
+        defined = [v for v in per_class if v is not None]
+        if defined:
+            result["auc"] = float(np.mean(defined))
+    else:
+        factor = scale.scale if scale is not None else 1.0
+        error = (out[:, 0] - y.double()).numpy() * factor
+        result["mae"] = float(np.mean(np.abs(error)))
+        result["rmse"] = float(np.sqrt(np.mean(error**2)))
+    return result
+
+
 @torch.no_grad()
 def evaluate_split(
     spec: FederationSpec,
-    model: MultiTaskModel,
+    model: nn.Module,
     split: SplitTensors,
     tasks: tuple[str, ...],
     label_scales: Mapping[str, LabelScale],
@@ -50,7 +134,7 @@ def evaluate_split(
     model.eval()
     if len(split) == 0:
         return {}
-    outputs = model(split.features)
+    outputs: dict[str, torch.Tensor] = model(split.features)
     losses = task_losses(spec, outputs, split.labels, split.masks)
     metrics: Metrics = {}
     for task in tasks:
@@ -58,32 +142,22 @@ def evaluate_split(
         n = int(mask.sum().item())
         if n == 0:
             continue
-        out = outputs[task][mask].double().cpu()
-        y = split.labels[task][mask].cpu()
         result: dict[str, float] = {"n": float(n), "loss": float(losses[task].sum() / n)}
-        kind = spec.task(task).kind
-        if kind is TaskKind.BINARY:
-            logits = out[:, 0].numpy()
-            positives = y.numpy() > 0.5
-            result["accuracy"] = float(np.mean((logits > 0.0) == positives))
-            value = auc(logits, positives)
-            if value is not None:
-                result["auc"] = value
-        elif kind is TaskKind.MULTICLASS:
-            probs = torch.softmax(out, dim=1).numpy()
-            classes = y.numpy().astype(np.int64)
-            result["accuracy"] = float(np.mean(probs.argmax(axis=1) == classes))
-            per_class = [auc(probs[:, c], classes == c) for c in range(probs.shape[1])]
-            defined = [v for v in per_class if v is not None]
-            if defined:
-                result["auc"] = float(np.mean(defined))
-        else:
-            scale = label_scales[task].scale
-            error = (out[:, 0] - y.double()).numpy() * scale
-            result["mae"] = float(np.mean(np.abs(error)))
-            result["rmse"] = float(np.sqrt(np.mean(error**2)))
+        result.update(
+            task_metrics(
+                spec, task, outputs[task][mask], split.labels[task][mask], label_scales.get(task)
+            )
+        )
         metrics[task] = result
     return metrics
 
 
-__all__ = ["Metrics", "auc", "evaluate_split"]
+__all__ = [
+    "CALIBRATION_BINS",
+    "Metrics",
+    "auc",
+    "balanced_accuracy",
+    "evaluate_split",
+    "expected_calibration_error",
+    "task_metrics",
+]

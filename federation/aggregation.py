@@ -12,8 +12,11 @@ aggregation then yields only Σ w·Δ and Σ w per part, and the statistics' sum
 
 Coordinator side — `apply_sums`: the averaged update of a part is Σ w·Δ / Σ w (a part
 nobody trained stays as it was), and the strategy applies it: FedAvg adds it times the
-server learning rate; FedAdam (Reddi et al. 2021, Alg. 2) treats it as a pseudo-gradient
-with server-side moments kept in `ServerState`.
+server learning rate; FedAvgM adds a server momentum of it (Hsu et al. 2019, "Measuring
+the Effects of Non-Identical Data Distribution"; McMahan et al. 2018 use it for DP-FedAvg);
+FedAdam and FedYogi (Reddi et al. 2021, Alg. 2) treat it as a pseudo-gradient with
+server-side moments. The moments live in `ServerState`; only coordinates of parts someone
+trained this round move them.
 """
 
 from __future__ import annotations
@@ -106,15 +109,17 @@ def local_contribution(
 
 @dataclass
 class ServerState:
-    """Server-optimizer state carried between rounds (FedAdam moments; empty for FedAvg)."""
+    """Server-optimizer state carried between rounds: first and second moments (FedAvgM
+    uses the first only, FedAvg none)."""
 
     m: FloatVector | None = None
     v: FloatVector | None = None
 
     def to_bytes(self) -> bytes:
-        if self.m is None or self.v is None:
+        if self.m is None:
             return b""
-        return np.concatenate([self.m, self.v]).astype("<f8").tobytes()
+        v = self.v if self.v is not None else np.zeros_like(self.m)
+        return np.concatenate([self.m, v]).astype("<f8").tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes, length: int) -> ServerState:
@@ -183,15 +188,24 @@ def apply_sums(
     state = state or ServerState()
     if agg.strategy is Strategy.FEDAVG:
         return global_vector + agg.server_lr * update, state, report
-    # FedAdam: only coordinates of parts someone trained take a step.
+    # Only coordinates of parts someone trained this round take a step or move a moment.
     mask = np.zeros(model_layout.length, dtype=bool)
     for part in report.updated_parts:
         s = model_layout.segment(part)
         mask[s.offset : s.end] = True
     m = state.m if state.m is not None else model_layout.zeros()
     v = state.v if state.v is not None else model_layout.zeros()
+    if agg.strategy is Strategy.FEDAVGM:
+        m = np.where(mask, agg.server_momentum * m + update, m)
+        step = np.where(mask, agg.server_lr * m, 0.0)
+        return global_vector + step, ServerState(m, v), report
     m = np.where(mask, agg.adam_beta1 * m + (1 - agg.adam_beta1) * update, m)
-    v = np.where(mask, agg.adam_beta2 * v + (1 - agg.adam_beta2) * update**2, v)
+    squared = update**2
+    if agg.strategy is Strategy.FEDYOGI:
+        # Yogi: v moves towards Δ² additively, by at most (1 - β2)Δ² per round.
+        v = np.where(mask, v - (1 - agg.adam_beta2) * squared * np.sign(v - squared), v)
+    else:
+        v = np.where(mask, agg.adam_beta2 * v + (1 - agg.adam_beta2) * squared, v)
     step = np.where(mask, agg.server_lr * m / (np.sqrt(v) + agg.adam_tau), 0.0)
     return global_vector + step, ServerState(m, v), report
 

@@ -87,8 +87,23 @@ class ModelSpec(_Spec):
 
 
 class Strategy(enum.StrEnum):
+    """How the coordinator turns the round's average update into the next global model.
+
+    `fedavg` adds it (times `server_lr`); `fedavgm` adds a momentum of it (server momentum,
+    Hsu et al. 2019; the DP-FedAvg of McMahan et al. 2018 uses it against DP noise);
+    `fedadam` and `fedyogi` treat it as a pseudo-gradient of Adam / Yogi (Reddi et al. 2021,
+    "Adaptive Federated Optimization", Alg. 2).
+    """
+
     FEDAVG = "fedavg"
+    FEDAVGM = "fedavgm"
     FEDADAM = "fedadam"
+    FEDYOGI = "fedyogi"
+
+    @property
+    def keeps_state(self) -> bool:
+        """Whether the server optimizer carries state (moments) from round to round."""
+        return self is not Strategy.FEDAVG
 
 
 class CounterWeighting(enum.StrEnum):
@@ -106,7 +121,10 @@ class CounterWeighting(enum.StrEnum):
 class AggregationSpec(_Spec):
     strategy: Strategy = Strategy.FEDAVG
     server_lr: float = Field(default=1.0, gt=0.0, le=10.0)
-    # FedAdam (Reddi et al. 2021, "Adaptive Federated Optimization"), used when selected.
+    server_momentum: float = Field(
+        default=0.9, ge=0.0, lt=1.0, description="Momentum of `fedavgm` (beta)."
+    )
+    # FedAdam / FedYogi (Reddi et al. 2021, "Adaptive Federated Optimization"), when selected.
     adam_beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
     adam_beta2: float = Field(default=0.99, ge=0.0, lt=1.0)
     adam_tau: float = Field(default=1e-3, gt=0.0)

@@ -51,7 +51,6 @@ from federation.aggregation import ServerState, apply_sums
 from federation.errors import FederationError
 from federation.layout import ParameterLayout
 from federation.round_api import masked_slice_range, update_codec
-from federation.spec import Strategy
 from privacy.secagg import SecAggError, add_masked, ring_dtype, unmask_slice
 
 logger = logging.getLogger(__name__)
@@ -178,7 +177,7 @@ def finish(runtime: Runtime, round_id: int) -> list[Followup]:
                 blobs.read_range(base_row.blob_key, 0, base_row.size_bytes), dtype="<f4"
             ).astype(np.float64)
             server_state = ServerState()
-            if spec.aggregation.strategy is Strategy.FEDADAM:
+            if spec.aggregation.strategy.keeps_state:
                 try:
                     ref = blobs.stat(_server_state_key(federation, base))
                     server_state = ServerState.from_bytes(
@@ -199,7 +198,7 @@ def finish(runtime: Runtime, round_id: int) -> list[Followup]:
             max_size=len(content),
             expected_size=len(content),
         )
-        if spec.aggregation.strategy is Strategy.FEDADAM:
+        if spec.aggregation.strategy.keeps_state:
             state_bytes = new_state.to_bytes()
             blobs.write(
                 _server_state_key(federation, version),

@@ -168,3 +168,34 @@ def test_contribution_clips_and_counts_what_it_clipped() -> None:
     c = local_contribution(spec, layout.zeros(), local, train_samples=1, labelled={})
     assert c.clipped == 1
     assert c.segments["encoder"][0] == pytest.approx(1.0)
+
+
+def test_server_momentum_accumulates_repeated_updates() -> None:
+    spec = make_spec(strategy="fedavgm", server_lr=1.0, server_momentum=0.5)
+    layout = ParameterLayout.model(spec)
+    start = layout.zeros()
+    state = ServerState()
+    vector = start
+    for _ in range(3):  # the same update of +0.1 each round: steps 0.1, 0.15, 0.175
+        c = local_contribution(spec, vector, vector + 0.1, train_samples=3, labelled={"disease": 3})
+        vector, state, _ = apply_sums(spec, vector, c.segments, state)
+        state = ServerState.from_bytes(state.to_bytes(), layout.length)  # as the coordinator
+    parts = layout.split(vector)
+    np.testing.assert_allclose(parts["encoder"], 0.425)
+    np.testing.assert_array_equal(parts["head.severity"], 0.0)  # nobody trained it
+
+
+def test_fedyogi_second_moment_moves_additively() -> None:
+    spec = make_spec(strategy="fedyogi", server_lr=0.1, adam_beta1=0.0, adam_beta2=0.5)
+    layout = ParameterLayout.model(spec)
+    start = layout.zeros()
+    c = local_contribution(spec, start, start + 0.5, train_samples=3, labelled={"disease": 3})
+    _, state, _ = apply_sums(spec, start, c.segments, ServerState())
+    assert state.v is not None
+    encoder = layout.segment("encoder")
+    # v0 = 0 < Δ² = 0.25: v1 = 0 + (1 - 0.5) · 0.25 (Adam would give the same here) ...
+    np.testing.assert_allclose(state.v[encoder.offset : encoder.end], 0.125)
+    _, state, _ = apply_sums(spec, start, c.segments, state)
+    assert state.v is not None
+    # ... but then Yogi adds another 0.125 (v < Δ²) where Adam would give 0.1875.
+    np.testing.assert_allclose(state.v[encoder.offset : encoder.end], 0.25)
