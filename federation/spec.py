@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -30,6 +30,33 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Fields added after specs were in use: left out of the fingerprint while they hold
+    #: their default, so that a spec written before them keeps its fingerprint (agents
+    #: enrolled with it keep agreeing with the coordinator) and means the same.
+    LATER_FIELDS: ClassVar[frozenset[str]] = frozenset()
+
+    def _later_defaults(self) -> dict[str, Any]:
+        """A pydantic `exclude` tree of later fields at their default, at every depth."""
+        exclude: dict[str, Any] = {}
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            if name in self.LATER_FIELDS and value == info.get_default(call_default_factory=True):
+                exclude[name] = True
+            elif isinstance(value, _Spec):
+                inner = value._later_defaults()
+                if inner:
+                    exclude[name] = inner
+            elif isinstance(value, tuple):
+                items = {
+                    i: item._later_defaults()
+                    for i, item in enumerate(value)
+                    if isinstance(item, _Spec)
+                }
+                items = {i: tree for i, tree in items.items() if tree}
+                if items:
+                    exclude[name] = items
+        return exclude
 
 
 class TaskKind(enum.StrEnum):
@@ -119,6 +146,8 @@ class CounterWeighting(enum.StrEnum):
 
 
 class AggregationSpec(_Spec):
+    LATER_FIELDS = frozenset({"server_momentum"})
+
     strategy: Strategy = Strategy.FEDAVG
     server_lr: float = Field(default=1.0, gt=0.0, le=10.0)
     server_momentum: float = Field(
@@ -273,5 +302,6 @@ class FederationSpec(_Spec):
 
     def fingerprint(self) -> str:
         """SHA-256 of the canonical JSON form: two parties with equal fingerprints agree."""
-        canonical = self.model_dump_json(exclude={"description"}).encode()
+        exclude: dict[str, Any] = {"description": True, **self._later_defaults()}
+        canonical = self.model_dump_json(exclude=exclude).encode()
         return hashlib.sha256(canonical).hexdigest()

@@ -1,0 +1,19 @@
+"""Spec fingerprints: fields added later leave existing specs' fingerprints alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from federation.spec import FederationSpec
+
+HEART = Path(__file__).resolve().parents[3] / "examples/heart_disease/federation.json"
+
+
+def test_a_later_field_changes_the_fingerprint_only_when_set() -> None:
+    spec = FederationSpec.model_validate_json(HEART.read_text())
+    raw = json.loads(HEART.read_text())
+    raw["aggregation"]["server_momentum"] = 0.9  # the default, written out
+    assert FederationSpec.model_validate(raw).fingerprint() == spec.fingerprint()
+    raw["aggregation"]["server_momentum"] = 0.5
+    assert FederationSpec.model_validate(raw).fingerprint() != spec.fingerprint()
