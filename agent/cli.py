@@ -87,7 +87,7 @@ def _data_error(config: AgentConfig, error: DataError) -> DataError:
 
 def check_local_data(config: AgentConfig, enrollment: Enrollment) -> LocalDataset:
     """Load the data as the daemon will, against the enrolled federation's spec."""
-    from agent.data import load_dataset
+    from agent.sources import load_local_data
 
     profile = enrollment.profile
     not_held = [task for task in config.data.labels if task not in profile.tasks_held]
@@ -98,7 +98,7 @@ def check_local_data(config: AgentConfig, enrollment: Enrollment) -> LocalDatase
             f"({', '.join(profile.tasks_held)}); remove them or ask the admin"
         )
     try:
-        return load_dataset(config.data, profile.spec)
+        return load_local_data(config.data, profile.spec)
     except DataError as exc:
         raise _data_error(config, exc) from None
 
@@ -106,9 +106,11 @@ def check_local_data(config: AgentConfig, enrollment: Enrollment) -> LocalDatase
 def _precheck_columns(config: AgentConfig) -> None:
     """Before spending a token: the data file is readable and has every mapped column."""
     from agent.data import _check_columns, _read_table  # the loader's own checks
+    from agent.image_mapping import ImageMapping
 
+    table = config.data.table_mapping() if isinstance(config.data, ImageMapping) else config.data
     try:
-        _check_columns(config.data, _read_table(config.data))
+        _check_columns(table, _read_table(table))
     except DataError as exc:
         raise _data_error(config, exc) from None
 
@@ -210,11 +212,15 @@ def check(config_file: ConfigOption = Path("agent.toml")) -> None:
         enrollment = load_enrollment(config)
         load_identity(config.key_file, config.key_passphrase)
         dataset = check_local_data(config, enrollment)
+        from agent.sources import describe
+
         typer.echo(
             f"ok: '{enrollment.profile.institution}' in '{enrollment.profile.federation}'; "
             f"{dataset.n_train} training and {dataset.n_validation} validation rows; "
             f"tasks {', '.join(dataset.tasks_held)}"
         )
+        for line in describe(dataset, enrollment.profile.spec):
+            typer.echo(f"  {line}")
 
 
 @app.command()
@@ -298,6 +304,7 @@ def _status_document(config: AgentConfig) -> dict[str, Any]:
         "joined": sum(n for status, n in rounds.items() if status != RoundStatus.DECLINED.value),
         "last": last_round,
     }
+    document["training"] = _training_device(config.training.device)
     document["budget"] = {
         "epsilon": privacy.epsilon,
         "delta": privacy.delta,
@@ -306,6 +313,25 @@ def _status_document(config: AgentConfig) -> dict[str, Any]:
         "epsilon_left": max(0.0, privacy.epsilon - spent),
         "trainings": len(history),
     }
+    return document
+
+
+def _training_device(setting: str) -> dict[str, Any]:
+    """Where training runs: the configured device, what it resolves to here, and the GPU."""
+    import torch
+
+    from agent.training import resolve_device
+
+    document: dict[str, Any] = {"configured": setting}
+    try:
+        device = resolve_device(setting)
+    except ConfigError as exc:
+        document["device"] = None
+        document["problem"] = str(exc)
+        return document
+    document["device"] = device.type
+    if device.type == "cuda":
+        document["gpu"] = torch.cuda.get_device_name(device)
     return document
 
 
@@ -352,6 +378,17 @@ def _print_status(document: dict[str, Any]) -> None:
         last = rounds["last"]
         reason = f" ({last['reason']})" if last["reason"] else ""
         table.add_row("last round", f"{last['round']}: {last['status']}{reason}")
+    training = document["training"]
+    table.add_section()
+    if training["device"] is None:
+        device = f"[red]{training['problem']}[/]"
+    elif training["device"] == "cuda":
+        device = f"[green]cuda[/] ({training['gpu']}; configured {training['configured']})"
+    else:
+        device = f"cpu (configured {training['configured']}; no CUDA device here)"
+        if training["configured"] == "cpu":
+            device = "cpu (configured cpu)"
+    table.add_row("training device", device)
     budget = document["budget"]
     table.add_section()
     table.add_row(

@@ -12,7 +12,8 @@
     [state]
     dir = "state"                       # enrollment profile, ledger, encrypted round state
 
-    [data]                              # agent.mapping.DataMapping (or: mapping = "file.toml")
+    [data]                              # agent.mapping.DataMapping (or: mapping = "file.toml";
+                                        # images: kind = "images", agent.image_mapping)
     path = "data/cleveland.csv"
     features = ["age", "sex", ...]
     labels = { disease = { column = "num", positive_above = 0 } }
@@ -54,7 +55,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.errors import ConfigError, DataError
-from agent.mapping import DataMapping
+from agent.sources import LocalDataMapping, read_mapping_file
 
 #: The environment variable holding the identity key's passphrase (never in agent.toml).
 PASSPHRASE_ENV: Final = "FMTL_AGENT_KEY_PASSPHRASE"  # noqa: S105 - a variable name
@@ -169,7 +170,7 @@ class AgentConfig(_Section):
     coordinator: CoordinatorSection = CoordinatorSection()
     identity: IdentitySection = IdentitySection()
     state: StateSection = StateSection()
-    data: DataMapping
+    data: LocalDataMapping
     privacy: PrivacySection
     training: TrainingSection = TrainingSection()
     daemon: DaemonSection = DaemonSection()
@@ -332,7 +333,7 @@ def _include_mapping(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     if not file.is_absolute():
         file = path.resolve().parent / file
     try:
-        mapping = DataMapping.from_toml(file)
+        mapping = read_mapping_file(file)
     except DataError as exc:
         raise ConfigError(f"{path}: data.mapping: {exc}") from None
     return {**raw, "data": mapping}

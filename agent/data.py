@@ -20,7 +20,7 @@ What happens to the institution's table, all of it locally (nothing here is ever
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
@@ -30,6 +30,9 @@ from numpy.typing import NDArray
 from agent.errors import DataError
 from agent.mapping import DataMapping, LabelColumn
 from federation.spec import FederationSpec, MLPEncoderSpec, TaskKind, TaskSpec
+
+if TYPE_CHECKING:
+    from agent.image_data import StreamedImages
 
 #: A feature whose local standard deviation is below this is only centred, not scaled
 #: (a constant column would otherwise divide by zero).
@@ -47,13 +50,14 @@ class LabelScale:
 
 @dataclass(frozen=True)
 class SplitTensors:
-    """One split: features `(n, input_dim)` float32; per task held, labels and a mask.
+    """One split: features `(n, input_dim)` float32 (images: `(n, C, H, W)`, in memory or
+    `StreamedImages` read from disk when indexed); per task held, labels and a mask.
 
     `labels[task]` is float32 for binary and regression tasks and int64 for multiclass;
     where `masks[task]` is False the label is a placeholder 0 that no loss ever reads.
     """
 
-    features: torch.Tensor
+    features: torch.Tensor | StreamedImages
     labels: dict[str, torch.Tensor]
     masks: dict[str, torch.Tensor]
 

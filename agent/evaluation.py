@@ -33,6 +33,8 @@ from federation.spec import FederationSpec, TaskKind
 Metrics = dict[str, dict[str, float]]
 #: Equal-width confidence bins of the ECE (15, as Guo et al. 2017).
 CALIBRATION_BINS: Final = 15
+#: Samples per forward pass when evaluating a split.
+EVAL_CHUNK: Final = 1024
 
 
 def auc(scores: NDArray[np.float64], positives: NDArray[np.bool_]) -> float | None:
@@ -134,7 +136,14 @@ def evaluate_split(
     model.eval()
     if len(split) == 0:
         return {}
-    outputs: dict[str, torch.Tensor] = model(split.features)
+    # In chunks: the split may be images streamed from disk, or simply large.
+    chunks = [
+        model(split.features[torch.arange(start, min(start + EVAL_CHUNK, len(split)))])
+        for start in range(0, len(split), EVAL_CHUNK)
+    ]
+    outputs: dict[str, torch.Tensor] = {
+        name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]
+    }
     losses = task_losses(spec, outputs, split.labels, split.masks)
     metrics: Metrics = {}
     for task in tasks:

@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from agent.data import LocalDataset
 from agent.errors import ConfigError, DataError, TrainingError
 from agent.evaluation import Metrics, evaluate_split
+from agent.image_data import StreamedImages
 from agent.loss import multitask_loss, per_sample_loss
 from federation.layout import ParameterLayout
 from federation.model import MultiTaskModel, build_model, load_model_vector, model_vector
@@ -346,7 +347,7 @@ class LocalTrainer:
 
 
 def _select(
-    features: torch.Tensor,
+    features: torch.Tensor | StreamedImages,
     labels: dict[str, torch.Tensor],
     masks: dict[str, torch.Tensor],
     idx: torch.Tensor,

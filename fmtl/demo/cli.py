@@ -71,8 +71,12 @@ def demo(
         float | None, typer.Option(min=0.01, help="Override the spec's local epochs per round.")
     ] = None,
     example: Annotated[
-        Path | None,
-        typer.Option(help="Folder of the example (federation.json, mapping_<hospital>.toml)."),
+        str | None,
+        typer.Option(
+            help="A shipped example, heart_disease (default) or images (handwritten digits, "
+            "a convolutional encoder), or the folder of one (federation.json, "
+            "mapping_<institution>.toml).",
+        ),
     ] = None,
     serve: Annotated[
         bool,

@@ -20,6 +20,12 @@ from fmtl.demo.processes import DemoError
 EXAMPLE_NAME: Final = "heart_disease"
 SPEC_FILE: Final = "federation.json"
 MAPPING_PREFIX: Final = "mapping_"
+#: Examples whose data is written at run time from a package the project depends on (no
+#: download): the example's name, and the module whose `materialise(folder)` writes it.
+#: The mappings' relative paths then resolve against the folder it was written to.
+GENERATED_DATA: Final = {"images": "fmtl.demo.digits"}
+#: The mapping keys that hold a data file's path: a table's `path`, an image `manifest`.
+PATH_KEYS: Final = ("path", "manifest")
 
 
 @dataclass(frozen=True)
@@ -46,31 +52,54 @@ class Example:
         return {task["name"]: task["kind"] for task in self.spec.get("tasks", [])}
 
 
-def candidate_folders() -> list[Path]:
-    """Where the example may be, most specific first."""
-    package = Path(__file__).resolve().parent
+def candidate_folders(name: str = EXAMPLE_NAME) -> list[Path]:
+    """Where the example `name` may be, most specific first."""
+    package = Path(__file__).resolve().parent.parent
     return [
-        package.parent / "examples" / EXAMPLE_NAME,  # source tree, `pip install -e .`
-        package / "examples" / EXAMPLE_NAME,  # shipped inside the package
-        Path.cwd() / "examples" / EXAMPLE_NAME,
+        package.parent / "examples" / name,  # source tree, `pip install -e .`
+        package / "examples" / name,  # shipped inside the package
+        Path.cwd() / "examples" / name,
     ]
 
 
-def locate_example(explicit: Path | None = None) -> Path:
+def locate_example(explicit: Path | str | None = None) -> Path:
+    """The example folder: `explicit` is a folder, or the name of a shipped example
+    (`heart_disease`, `images`); None is the heart-disease example."""
+    name = EXAMPLE_NAME
     if explicit is not None:
-        if not (explicit / SPEC_FILE).is_file():
+        folder = Path(explicit)
+        if (folder / SPEC_FILE).is_file():
+            return folder.resolve()
+        if folder.exists() or "/" in str(explicit) or folder.name != str(explicit):
             raise DemoError(
-                f"{explicit} has no {SPEC_FILE}: --example must name the example folder"
+                f"{explicit} has no {SPEC_FILE}: --example must name an example "
+                "(heart_disease, images) or an example folder"
             )
-        return explicit.resolve()
-    for folder in candidate_folders():
+        name = str(explicit)
+    for folder in candidate_folders(name):
         if (folder / SPEC_FILE).is_file():
             return folder
     raise DemoError(
-        f"cannot find examples/{EXAMPLE_NAME}/{SPEC_FILE} (looked in "
-        f"{', '.join(str(f) for f in candidate_folders())}): run from the source tree or pass "
-        "--example DIR"
+        f"cannot find examples/{name}/{SPEC_FILE} (looked in "
+        f"{', '.join(str(f) for f in candidate_folders(name))}): run from the source tree, "
+        "name a shipped example (heart_disease, images) or pass --example DIR"
     )
+
+
+def generate_data(example: Example, run_dir: Path) -> Path | None:
+    """Write the data of an example that is generated at run time (`GENERATED_DATA`) under
+    the run folder; the folder its mappings' paths resolve against (None: their own)."""
+    module_name = GENERATED_DATA.get(example.folder.name)
+    if module_name is None:
+        return None
+    import importlib
+
+    root = run_dir / "example-data"
+    try:
+        importlib.import_module(module_name).materialise(root / "data")
+    except (RuntimeError, OSError) as exc:
+        raise DemoError(f"cannot write the {example.folder.name} example's data: {exc}") from None
+    return root
 
 
 def load_example(folder: Path) -> Example:
@@ -176,15 +205,20 @@ def agent_config(
     seed: int | None,
     poll_interval_s: float,
     split_seed: int | None = None,
+    data_root: Path | None = None,
 ) -> str:
     """The agent.toml of one hospital: its data mapping, its own budget, its state folder.
 
     `seed` seeds the agent's training (data order and DP noise: reproducible, for demos and
     benchmarks only; None leaves the noise to the OS's CSPRNG); `split_seed`, when given,
-    replaces the mapping's seed of its train/validation split.
+    replaces the mapping's seed of its train/validation split; `data_root`, when given, is
+    what the mapping's relative data path resolves against (generated example data).
     """
     data = dict(hospital.mapping)
-    data["path"] = str((hospital.mapping_file.parent / str(data["path"])).resolve())
+    base = data_root if data_root is not None else hospital.mapping_file.parent
+    for key in PATH_KEYS:
+        if key in data:
+            data[key] = str((base / str(data[key])).resolve())
     if split_seed is not None:
         data["split_seed"] = split_seed
     document: dict[str, Mapping[str, object]] = {

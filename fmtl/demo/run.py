@@ -57,6 +57,7 @@ from fmtl.demo.example import (
     Hospital,
     agent_config,
     demo_spec,
+    generate_data,
     load_example,
     locate_example,
 )
@@ -120,7 +121,8 @@ class DemoOptions:
     #: None: the spec's initial model, the mappings' splits, unseeded training (DP noise
     #: from the OS's CSPRNG). A seed makes the whole run reproducible, DP noise included.
     seed: int | None = None
-    example: Path | None = None
+    #: A shipped example's name or an example folder (None: heart_disease).
+    example: Path | str | None = None
     stage_timeout_s: float = 30.0
     local_epochs: float | None = None
     #: False: plain (unmasked) aggregation, for benchmarks only (the coordinator must allow it).
@@ -242,6 +244,8 @@ class DemoRun:
         self.env: dict[str, str] = {}
         self.federation = ""
         self.record: DemoRecord | None = None
+        #: Where a generated example's data was written (None: the example's own files).
+        self.data_root: Path | None = None
 
     # --- the whole run ------------------------------------------------------------------
 
@@ -253,6 +257,7 @@ class DemoRun:
                 f"--drop-agent must be one of {', '.join(names)} (got {self.options.drop_agent!r})"
             )
         self._prepare_folder()
+        self.data_root = generate_data(example, self.run_dir)
         started = datetime.now(UTC)
         try:
             with sigterm_as_interrupt():
@@ -490,6 +495,7 @@ class DemoRun:
                     if self.options.seed is None
                     else agent_seed(self.options.seed, index),
                     split_seed=self.options.seed,
+                    data_root=self.data_root,
                     poll_interval_s=0.5,
                 ),
                 encoding="utf-8",
