@@ -3,7 +3,7 @@
 Run from the repository root:
 
     python benchmarks/dp_overhead.py              # MLPs (about two minutes on 2 CPU cores)
-    python benchmarks/dp_overhead.py --model cnn  # the 1.33M-parameter image model
+    python benchmarks/dp_overhead.py --model cnn  # the 1.44M-parameter image model
     python benchmarks/dp_overhead.py --quick      # fewer repetitions
     python benchmarks/dp_overhead.py --device cuda
 
@@ -14,7 +14,7 @@ left out: it costs the same with or without DP):
   (examples/heart_disease), batch 64, the multi-task loss over its four tasks; and
   `mlp1m`, an MLP 512-1024-512-10 (1.05M parameters), batch 256, cross-entropy;
 - `--model cnn`: `cnn1m`, the digits federation's multi-task model (examples/images: a
-  residual conv encoder with GroupNorm, 1.33M parameters, on 1 x 8 x 8 images, and three
+  residual conv encoder with GroupNorm, 1.44M parameters, on 1 x 8 x 8 images, and three
   heads), batch 128, the multi-task loss over its three tasks.
 
 A step is forward, backward and the optimizer update. Plain PyTorch uses the mean loss;
