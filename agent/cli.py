@@ -259,7 +259,7 @@ def run(
 
 def _status_document(config: AgentConfig) -> dict[str, Any]:
     from agent.enrollment import NotEnrolled, coordinator_url, load_enrollment
-    from agent.ledger import Ledger, RoundStatus
+    from agent.ledger import MODEL_METRICS_MEMO, Ledger, RoundStatus
     from privacy.dp.accountant import epsilon_for
 
     document: dict[str, Any] = {"config": str(config.source), "state_dir": str(config.state_dir)}
@@ -283,8 +283,10 @@ def _status_document(config: AgentConfig) -> dict[str, Any]:
     rounds: dict[str, int] = {status.value: 0 for status in RoundStatus}
     last_round: dict[str, Any] | None = None
     history: list[tuple[float, float, int]] = []
+    model_metrics: dict[str, Any] | None = None
     if config.ledger_file.exists():
         with Ledger.open(config.ledger_file) as ledger:
+            model_metrics = ledger.remembered(MODEL_METRICS_MEMO)
             summary = ledger.summary()
             rounds = {status.value: n for status, n in summary.rounds.items()}
             history = ledger.history()
@@ -313,6 +315,9 @@ def _status_document(config: AgentConfig) -> dict[str, Any]:
         "epsilon_left": max(0.0, privacy.epsilon - spent),
         "trainings": len(history),
     }
+    # Local only: the federated and the personalised model on the local validation split,
+    # as measured at the start of the last round trained (never sent as such).
+    document["models"] = model_metrics
     return document
 
 
@@ -402,7 +407,22 @@ def _print_status(document: dict[str, Any]) -> None:
         f"[{colour}]{budget['epsilon_spent']:.3f}[/] / {budget['epsilon_left']:.3f} "
         f"({100 * share:.0f}% spent, {budget['trainings']} trainings)",
     )
+    models = document.get("models")
+    if models:
+        table.add_section()
+        table.add_row("models (local)", f"validation split, start of round {models['round']}")
+        for task, values in models["global"].items():
+            line = _metric_line(values)
+            personal = (models.get("personal") or {}).get(task)
+            if personal is not None:
+                line = f"federated {line}  |  personalised {_metric_line(personal)}"
+            table.add_row(f"  {task}", line)
     console.print(table)
+
+
+def _metric_line(values: dict[str, float]) -> str:
+    shown = ("auc", "accuracy", "balanced_accuracy", "ece", "mae")
+    return ", ".join(f"{name} {values[name]:.3f}" for name in shown if name in values)
 
 
 __all__ = ["app", "check_local_data"]

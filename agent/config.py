@@ -26,6 +26,10 @@
     [training]
     device = "auto"                     # auto | cpu | cuda
 
+    [personalisation]                   # local only: nothing here changes what is sent
+    fine_tune = "none"                  # none | heads | heads_and_last_layer
+    private_model = false               # a private model beside the federated one
+
     [daemon]
     poll_interval_s = 5
 
@@ -136,6 +140,29 @@ class TrainingSection(_Section):
     )
 
 
+class PersonalisationSection(_Section):
+    """This institution's own personalisation (agent.personal): it changes only models and
+    metrics that stay here, never what the round sends."""
+
+    fine_tune: Literal["none", "heads", "heads_and_last_layer"] = Field(
+        default="none",
+        description="Fine-tune a local copy of the federated model: its heads, or its heads "
+        "and the encoder's last layer.",
+    )
+    fine_tune_epochs: float = Field(default=1.0, gt=0.0, le=100.0)
+    private_model: bool = Field(
+        default=False,
+        description="Keep a private model beside the federated one (trained on local data "
+        "only) and mix their outputs.",
+    )
+    private_weight: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the private model in the mix (0: the federated model alone).",
+    )
+
+
 class DaemonSection(_Section):
     poll_interval_s: float = Field(
         default=5.0, gt=0.0, le=3600.0, description="Seconds between polls when idle."
@@ -173,6 +200,7 @@ class AgentConfig(_Section):
     data: LocalDataMapping
     privacy: PrivacySection
     training: TrainingSection = TrainingSection()
+    personalisation: PersonalisationSection = PersonalisationSection()
     daemon: DaemonSection = DaemonSection()
 
     _source: Path | None = PrivateAttr(default=None)

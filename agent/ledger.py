@@ -32,6 +32,9 @@ from typing import Any, Final
 from agent.errors import AgentError
 from agent.identity import KEY_FILE_MODE
 
+#: Memo (`Ledger.remember`) of the latest round's metrics of the federated and the
+#: personalised model on the local validation split (local only: `fmtl agent status`).
+MODEL_METRICS_MEMO: Final = "model_metrics"
 #: Bump with a migration step in `_migrate` when the schema changes.
 SCHEMA_VERSION: Final = 1
 

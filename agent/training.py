@@ -32,7 +32,7 @@ from agent.image_data import StreamedImages
 from agent.loss import multitask_loss, per_sample_loss
 from federation.layout import ParameterLayout
 from federation.model import MultiTaskModel, build_model, load_model_vector, model_vector
-from federation.spec import FederationSpec
+from federation.spec import FederationSpec, TaskBalancing
 from privacy.dp import (
     Accountant,
     PrivateTraining,
@@ -110,6 +110,15 @@ class LocalTrainer:
         if not self.tasks_trained:
             raise DataError("no task has a labelled sample in the training split")
 
+    @property
+    def balanced_tasks(self) -> int:
+        """T, the tasks that share a sample's clipping bound one C / T each under DP
+        (`training.task_balancing = "per_task_clip"`); 1 when the bound is not split."""
+        training, tasks = self.spec.training, len(self.tasks_trained)
+        if training.task_balancing is TaskBalancing.PER_TASK_CLIP and self.spec.dp.enabled:
+            return tasks
+        return 1
+
     # -- planning ----------------------------------------------------------------------
 
     @property
@@ -166,6 +175,20 @@ class LocalTrainer:
         return evaluate_split(
             self.spec,
             self._model(global_vector),
+            self._validation,
+            self.dataset.tasks_held,
+            self.dataset.label_scales,
+        )
+
+    def model(self, vector: NDArray[np.generic]) -> MultiTaskModel:
+        """The federation's model with the parameters of a model-layout vector."""
+        return self._model(vector)
+
+    def evaluate_module(self, module: torch.nn.Module) -> Metrics:
+        """Per-task metrics of any module with one output per task (a personalised model)."""
+        return evaluate_split(
+            self.spec,
+            module.to(self.device),
             self._validation,
             self.dataset.tasks_held,
             self.dataset.label_scales,
@@ -234,12 +257,16 @@ class LocalTrainer:
         mu = self.spec.aggregation.fedprox_mu
         sampler = self._generator("cpu", 0)
         private: PrivateTraining | None = None
+        # Per-task clipping: each (sample, task) pair is clipped to C / T, so a sample moves
+        # the clipped sum by at most C, and the noise stays N(0, (sigma C)^2): Opacus adds
+        # noise_multiplier x max_grad_norm = (sigma T) x (C / T).
+        split = self.balanced_tasks
         if dp.enabled:
             private = PrivateTraining(
                 model,
                 optimizer,
-                noise_multiplier=plan.noise_multiplier,
-                max_grad_norm=dp.max_grad_norm,
+                noise_multiplier=plan.noise_multiplier * split,
+                max_grad_norm=dp.max_grad_norm / split,
                 expected_batch_size=plan.sample_rate * n,
                 mode=dp.grad_sample_mode,
                 noise_seed=self._noise_seed(),
@@ -262,7 +289,11 @@ class LocalTrainer:
                 batch = _select(train.features, labels, masks, idx)
                 if private is not None:
                     result = self._private_step(
-                        private, batch, normalisers, proximal_gradient if mu > 0 else None
+                        private,
+                        batch,
+                        normalisers,
+                        proximal_gradient if mu > 0 else None,
+                        per_task=split > 1,
                     )
                 else:
                     result = self._plain_step(model, optimizer, batch, params, anchor)
@@ -296,22 +327,96 @@ class LocalTrainer:
             private=dp.enabled,
         )
 
+    def train_locally(
+        self,
+        vector: NDArray[np.generic],
+        epochs: float,
+        *,
+        trainable: Callable[[MultiTaskModel], list[torch.nn.Parameter]] | None = None,
+        stream: int = 2,
+    ) -> NDArray[np.float64]:
+        """Plain (never DP) training for a model that never leaves the institution.
+
+        `epochs` passes over the training split in Poisson batches of the spec's expected
+        size, with exact batch means and the spec's optimizer and learning rate; only the
+        parameters `trainable(model)` returns move (all by default; heads of tasks not
+        trained here never). Nothing it produces may feed an update that is sent: it is for
+        personalised models (`agent.personal`), whose results stay local.
+        """
+        model = self._model(vector)
+        model.train()
+        chosen_params = trainable(model) if trainable is not None else list(model.parameters())
+        frozen = {
+            id(p)
+            for name in self.spec.task_names
+            if name not in self.tasks_trained
+            for p in model.heads[name].parameters()
+        }
+        params = [p for p in chosen_params if id(p) not in frozen]
+        wanted = {id(p) for p in params}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in wanted)
+        if not params:
+            return model_vector(model, self.layout)
+        optimizer = self._optimizer(params)
+        train = self._train
+        n = len(train)
+        q = self.sample_rate
+        steps = max(1, math.ceil(epochs / q - 1e-9))
+        labels = {t: train.labels[t] for t in self.tasks_trained}
+        masks = {t: train.masks[t] for t in self.tasks_trained}
+        sampler = self._generator("cpu", stream)
+        for step in range(steps):
+            idx = (torch.rand(n, generator=sampler) < q).nonzero().squeeze(1).to(self.device)
+            result = self._plain_step(
+                model, optimizer, _select(train.features, labels, masks, idx), params, None
+            )
+            if result is not None and not math.isfinite(float(result[0])):
+                raise TrainingError(f"local training's loss became non-finite at step {step}")
+        out = model_vector(model, self.layout)
+        if not np.all(np.isfinite(out)):
+            raise TrainingError("local training produced non-finite parameters")
+        return out
+
     def _private_step(
         self,
         private: PrivateTraining,
         batch: Batch,
         normalisers: dict[str, float],
         before_update: Callable[[], None] | None,
+        *,
+        per_task: bool = False,
     ) -> LossReport | None:
         features, labels, masks = batch
         report: list[LossReport] = []
+        tasks = self.tasks_trained if per_task else ()
+        size = int(features.shape[0])
 
         def loss_fn(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-            detached = {k: v.detach() for k, v in outputs.items()}
-            report.append(multitask_loss(self.spec, detached, labels, masks))
-            return per_sample_loss(self.spec, outputs, labels, masks, normalisers)
+            if not tasks:
+                detached = {k: v.detach() for k, v in outputs.items()}
+                report.append(multitask_loss(self.spec, detached, labels, masks))
+                return per_sample_loss(self.spec, outputs, labels, masks, normalisers)
+            # The batch was repeated once per task: block j holds task j's loss alone, so
+            # the per-sample clipping clips each (sample, task) pair on its own.
+            first = {k: v[:size].detach() for k, v in outputs.items()}
+            report.append(multitask_loss(self.spec, first, labels, masks))
+            blocks = []
+            for j, task in enumerate(tasks):
+                block = {k: v[j * size : (j + 1) * size] for k, v in outputs.items()}
+                blocks.append(
+                    per_sample_loss(
+                        self.spec,
+                        block,
+                        {task: labels[task]},
+                        {task: masks[task]},
+                        {task: normalisers[task]},
+                    )
+                )
+            return torch.cat(blocks)
 
-        private.step(features, loss_fn, before_update=before_update)
+        inputs = features.repeat(len(tasks), *([1] * (features.dim() - 1))) if tasks else features
+        private.step(inputs, loss_fn, before_update=before_update)
         return report[0] if report else None
 
     def _plain_step(
@@ -320,7 +425,7 @@ class LocalTrainer:
         optimizer: torch.optim.Optimizer,
         batch: Batch,
         params: list[torch.nn.Parameter],
-        anchor: list[torch.Tensor],
+        anchor: list[torch.Tensor] | None,
     ) -> LossReport | None:
         features, labels, masks = batch
         if features.shape[0] == 0:
@@ -329,7 +434,7 @@ class LocalTrainer:
         loss, means = multitask_loss(self.spec, model(features), labels, masks)
         report = (loss.detach(), means)
         mu = self.spec.aggregation.fedprox_mu
-        if mu > 0:
+        if mu > 0 and anchor is not None:
             loss = loss + 0.5 * mu * sum(
                 (((p - p0) ** 2).sum() for p, p0 in zip(params, anchor, strict=True)),
                 torch.zeros((), device=features.device),

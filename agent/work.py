@@ -39,8 +39,9 @@ from numpy.typing import NDArray
 from agent.config import AgentConfig
 from agent.data import LocalDataset
 from agent.errors import AgentError
-from agent.ledger import Ledger, RoundStatus
+from agent.ledger import MODEL_METRICS_MEMO, Ledger, RoundStatus
 from agent.logging import event, get_logger
+from agent.personal import FineTune, Personaliser, PersonalSettings, PersonalState
 from agent.round_participant import CannotContinue, Decision, LocalResult
 from agent.round_state import RoundStateStore
 from agent.training import LocalTrainer
@@ -61,6 +62,11 @@ _PROGRESS_LOG_INTERVAL_S: Final = 10.0
 
 class TrainingInterrupted(AgentError):
     """Training stopped because the agent is shutting down (nothing was recorded or sent)."""
+
+
+def personal_key(federation: str, which: str) -> str:
+    """Round-state store key of the personal state (`current` or `previous`)."""
+    return f"{federation}/personal/{which}"
 
 
 def result_key(federation: str, number: int) -> str:
@@ -295,15 +301,32 @@ class AgentWork:
             self.ledger.finish(federation, number, RoundStatus.DROPPED, DECLINE_BUDGET)
             raise CannotContinue(f"budget: {exc}") from None
 
-        metrics = self.trainer.evaluate(global_vector)
+        personaliser = self.personaliser(federation, number)
+        before = personaliser.state
+        # The federated model: the global one, with this institution's heads under FedPer.
+        federated = personaliser.federated_vector(global_vector)
+        metrics = self.trainer.evaluate(federated)
         _log.info("global_model_validation", extra={"fields": {"round": number, **_flat(metrics)}})
+        personal = personaliser.evaluate(global_vector) if personaliser.active else None
+        if personal is not None:
+            _log.info(
+                "personal_model_validation",
+                extra={"fields": {"round": number, **_flat(personal)}},
+            )
+        self.ledger.remember(
+            MODEL_METRICS_MEMO,
+            {"federation": federation, "round": number, "global": metrics, "personal": personal},
+        )
         started = time.monotonic()
         event(_log, "training_started", round=number, steps=plan.steps)
         with self._progress(number, plan.steps) as progress:
-            outcome = self.trainer.train(global_vector, plan, progress=progress)
+            outcome = self.trainer.train(federated, plan, progress=progress)
+        personaliser.absorb(outcome.local_vector, number)
+        personaliser.train_private(number)
+        self._save_personal(federation, before, personaliser.state)
         contribution = local_contribution(
             self.spec,
-            global_vector,
+            federated,
             outcome.local_vector,
             train_samples=outcome.train_samples,
             labelled=outcome.labelled,
@@ -339,6 +362,38 @@ class AgentWork:
             epsilon_budget=self.budget,
         )
         return result  # 3. masked and uploaded by the participant
+
+    # -- the personalised side (agent.personal) -----------------------------------------------
+
+    def personaliser(self, federation: str, number: int) -> Personaliser:
+        """The institution's personal state as it was before round `number`.
+
+        Two copies are kept, `current` and `previous`: a round that trained but crashed
+        before its result was saved has already moved `current` to itself, and is trained
+        again from `previous`, so a retried round never trains on its own first attempt.
+        """
+        state = self._load_personal(federation, "current")
+        if state.round >= number:
+            state = self._load_personal(federation, "previous")
+        return Personaliser(self.spec, self.trainer, self.personal_settings, state)
+
+    @property
+    def personal_settings(self) -> PersonalSettings:
+        section = self.config.personalisation
+        return PersonalSettings(
+            fine_tune=FineTune(section.fine_tune),
+            fine_tune_epochs=section.fine_tune_epochs,
+            private_model=section.private_model,
+            private_weight=section.private_weight,
+        )
+
+    def _load_personal(self, federation: str, which: str) -> PersonalState:
+        data = self.store.load(personal_key(federation, which))
+        return PersonalState() if data is None else PersonalState.from_bytes(data)
+
+    def _save_personal(self, federation: str, before: PersonalState, after: PersonalState) -> None:
+        self.store.save(personal_key(federation, "previous"), before.to_bytes())
+        self.store.save(personal_key(federation, "current"), after.to_bytes())
 
     def _record(
         self,
@@ -462,5 +517,6 @@ __all__ = [
     "TrainingInterrupted",
     "decode_result",
     "encode_result",
+    "personal_key",
     "result_key",
 ]

@@ -10,7 +10,8 @@ the coordinator and every agent agree on every coordinate without exchanging any
   and one integer weight counter per aggregated part (`count.encoder`, `count.<task>`). An
   agent without a task contributes zeros to that head *and* its counter, masked like
   everything else, so per-task averages come out of the sum without any plain counts.
-  With `personalised_heads` the heads stay local and only the encoder is aggregated.
+  Under FedPer personalisation (`personalisation.mode = "fedper"`) the heads stay
+  local and only the encoder is aggregated.
   Then, for every task, the validation statistics of `federation.metrics`
   (`metric.<task>.<statistic>`: exact counts and fixed-point sums), from which the
   coordinator computes federation-wide metrics without any institution's own.
@@ -123,7 +124,7 @@ class ParameterLayout:
         """One agent's secure-aggregation input: float updates, weight counters, then the
         validation statistics of every task."""
         parts = [ENCODER]
-        if not spec.aggregation.personalised_heads:
+        if spec.heads_aggregated:
             parts += [HEAD_PREFIX + task.name for task in spec.tasks]
         model = cls.model(spec)
         floats = _float_segments([(part, model.segment(part).length) for part in parts])

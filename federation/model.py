@@ -40,6 +40,13 @@ class MultiTaskModel(nn.Module):
                 for task in spec.tasks
             }
         )
+        if spec.model.head.zero_init:
+            for head in self.heads.values():
+                assert isinstance(head, nn.Sequential)
+                output = head[-1]
+                assert isinstance(output, nn.Linear)
+                nn.init.zeros_(output.weight)
+                nn.init.zeros_(output.bias)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.encoder(x)

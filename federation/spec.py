@@ -102,7 +102,15 @@ class TaskSpec(_Spec):
 class HeadSpec(_Spec):
     """Every task head: optional hidden layers, then a linear output layer."""
 
+    LATER_FIELDS = frozenset({"zero_init"})
+
     hidden: tuple[int, ...] = Field(default=(), max_length=4)
+    zero_init: bool = Field(
+        default=False,
+        description="Start each head's output layer at zero (weights and bias): every task "
+        "starts from the uninformed prediction (probability 1/classes, regression 0) instead "
+        "of a random ranking of the samples.",
+    )
 
 
 class ModelSpec(_Spec):
@@ -162,7 +170,7 @@ class AggregationSpec(_Spec):
     )
     personalised_heads: bool = Field(
         default=False,
-        description="Heads stay local to each institution; only the encoder is aggregated.",
+        description="Replaced by personalisation.mode = 'fedper' (must stay false).",
     )
     counter_weighting: CounterWeighting = CounterWeighting.PARTICIPATION
 
@@ -172,6 +180,22 @@ class Accountant(enum.StrEnum):
     PRV = "prv"
 
 
+class TaskBalancing(enum.StrEnum):
+    """How the tasks of one institution share the DP clipping bound C of each sample.
+
+    `none`: each sample's whole gradient (all its tasks) is clipped to C, so a task with
+    large gradients (a regression on a wide scale, say) takes most of the bound and of the
+    shared encoder's update. `per_task_clip`: each task's part of a sample's gradient is
+    clipped to C / T (T: the tasks the institution trains), so every task moves the encoder
+    by at most the same amount and a sample's total still stays within C — nothing leaves
+    the institution but the usual update, so nothing about who holds which task leaks
+    beyond what the per-task counters already reveal.
+    """
+
+    NONE = "none"
+    PER_TASK_CLIP = "per_task_clip"
+
+
 class TrainingSpec(_Spec):
     """Local training each round (an agent may not change these: they shape the update)."""
 
@@ -179,8 +203,14 @@ class TrainingSpec(_Spec):
     batch_size: int = Field(
         default=32, ge=1, le=65_536, description="Expected batch size (Poisson sampled)."
     )
+    LATER_FIELDS = frozenset({"task_balancing"})
+
     learning_rate: float = Field(default=0.05, gt=0.0, le=10.0)
     optimizer: Literal["sgd", "adam"] = "sgd"
+    task_balancing: TaskBalancing = Field(
+        default=TaskBalancing.NONE,
+        description="How tasks share each sample's clipping bound under DP (TaskBalancing).",
+    )
 
 
 class DPSpec(_Spec):
@@ -255,8 +285,30 @@ class ScheduleSpec(_Spec):
         return self
 
 
+class PersonalisationMode(enum.StrEnum):
+    """What the federation aggregates, and so what an institution may keep to itself.
+
+    `global`: the encoder and every head are aggregated; each institution uses the global
+    model, and may personalise a copy of it locally (agent settings: fine-tuning, a private
+    model beside it). `fedper`: the heads never leave the institutions (FedPer, Arivazhagan
+    et al. 2019): each keeps its own heads, trained with the shared encoder in the round's
+    DP-SGD, and the update carries the encoder only (and no per-task counter at all).
+    """
+
+    GLOBAL = "global"
+    FEDPER = "fedper"
+
+
+class PersonalisationSpec(_Spec):
+    """The federation-wide part of personalisation (the local part is in agent.toml)."""
+
+    mode: PersonalisationMode = PersonalisationMode.GLOBAL
+
+
 class FederationSpec(_Spec):
     """Everything coordinator and agents must agree on for one federation."""
+
+    LATER_FIELDS = frozenset({"personalisation"})
 
     name: Name
     description: str = Field(default="", max_length=2000)
@@ -267,6 +319,7 @@ class FederationSpec(_Spec):
     dp: DPSpec = DPSpec()
     secagg: SecAggSpec = SecAggSpec()
     schedule: ScheduleSpec = ScheduleSpec()
+    personalisation: PersonalisationSpec = PersonalisationSpec()
 
     @field_validator("tasks")
     @classmethod
@@ -288,6 +341,19 @@ class FederationSpec(_Spec):
         ):
             raise ValueError("aggregation.counter_weighting 'samples' needs secagg.bits = 64")
         return self
+
+    @model_validator(mode="after")
+    def _personalised_heads_moved(self) -> FederationSpec:
+        if self.aggregation.personalised_heads:
+            raise ValueError(
+                "aggregation.personalised_heads is replaced by personalisation.mode = 'fedper'"
+            )
+        return self
+
+    @property
+    def heads_aggregated(self) -> bool:
+        """Whether the update carries the heads (not under FedPer personalisation)."""
+        return self.personalisation.mode is not PersonalisationMode.FEDPER
 
     def task(self, name: str) -> TaskSpec:
         for task in self.tasks:

@@ -11,14 +11,20 @@ import pytest
 from agent.config import AgentConfig, AgentEnvironment, load_config
 from agent.data import load_dataset
 from agent.identity import generate_identity
-from agent.ledger import Ledger, RoundStatus
+from agent.ledger import MODEL_METRICS_MEMO, Ledger, RoundStatus
 from agent.round_state import InMemoryRoundStateStore
 from agent.state_store import EncryptedFileStore
-from agent.work import AgentWork, TrainingInterrupted, decode_result, encode_result
+from agent.work import (
+    AgentWork,
+    TrainingInterrupted,
+    decode_result,
+    encode_result,
+    result_key,
+)
 from federation.layout import ParameterLayout
 from federation.model import build_model, model_vector
 from federation.round_api import AggregationMode, MyStatus, RoundAssignment, Stage
-from federation.spec import FederationSpec
+from federation.spec import FederationSpec, PersonalisationMode, PersonalisationSpec
 from federation.wire import AgentProfile
 from tests.unit.agent.conftest import write_config
 
@@ -173,3 +179,39 @@ def test_trained_result_round_trips_through_the_encrypted_store(
     assert decoded.metrics == result.metrics
     for name, values in result.contribution.segments.items():
         np.testing.assert_array_equal(decoded.contribution.segments[name], values)
+
+
+def test_personal_state_survives_rounds_and_a_retried_round_starts_from_before_it(
+    tmp_path: Path, spec: FederationSpec
+) -> None:
+    fedper = spec.model_copy(
+        update={"personalisation": PersonalisationSpec(mode=PersonalisationMode.FEDPER)}
+    )
+    config = load_config(
+        write_config(tmp_path, extra="\n[personalisation]\nprivate_model = true\n"),
+        environment=AgentEnvironment(key_passphrase=None),
+    )
+    store = InMemoryRoundStateStore()
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        work = _work(config, fedper, ledger, store)
+        assert work.decide(_assignment(fedper, 1)).join
+        first = work.train(_assignment(fedper, 1), _global(fedper))
+        assert "head.disease" not in first.contribution.segments  # heads never leave
+        after_one = work.personaliser(fedper.name, 2).state
+        assert after_one.round == 1
+        assert after_one.heads is not None
+        assert after_one.private is not None
+        memo = ledger.remembered(MODEL_METRICS_MEMO)
+        assert memo is not None
+        assert memo["round"] == 1
+        assert set(memo["personal"]) == set(memo["global"]) == set(fedper.task_names)
+        # A crash after training, before the result was saved: the retry must train from
+        # the state before round 1, not from its own first attempt.
+        store.delete(result_key(fedper.name, 1))
+        retry = work.personaliser(fedper.name, 1).state
+        assert retry.round == 0
+        assert retry.heads is None
+        assert retry.private is None
+        work.train(_assignment(fedper, 1), _global(fedper))
+        assert work.personaliser(fedper.name, 1).state.round == 0  # still the state before
+        assert work.personaliser(fedper.name, 2).state.round == 1

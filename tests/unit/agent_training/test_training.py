@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F  # noqa: N812
 
-from agent.data import load_dataset
+from agent.data import LocalDataset, SplitTensors, load_dataset
 from agent.errors import ConfigError
 from agent.loss import multitask_loss, per_sample_loss
 from agent.mapping import DataMapping
@@ -220,3 +221,67 @@ def test_bookkeeping_clipping_trains_the_same_model_as_opacus_hooks(
     moved = np.abs(vectors["hooks"] - start(heart_spec)).max()
     assert moved > 1e-3
     assert np.allclose(vectors["bk"], vectors["hooks"], atol=1e-5 * moved)
+
+
+def one_sample_trainer(spec: FederationSpec) -> LocalTrainer:
+    """One training sample with loud labels for `flag` and `level` (not `grade`)."""
+    x = torch.tensor([[3.0, 2.0, -1.0, 4.0]])
+    split = SplitTensors(
+        x,
+        {"flag": torch.tensor([1.0]), "level": torch.tensor([40.0])},
+        {"flag": torch.tensor([True]), "level": torch.tensor([True])},
+    )
+    dataset = LocalDataset(split, split, ("flag", "level"), ("a", "b"), {})
+    return LocalTrainer(spec, dataset, device="cpu", seed=0)
+
+
+def clipped(gradient: torch.Tensor, bound: float) -> torch.Tensor:
+    return gradient * min(1.0, bound / float(gradient.norm()))
+
+
+@pytest.mark.parametrize("balancing", ["none", "per_task_clip"])
+def test_per_task_clipping_gives_each_task_an_equal_share_of_the_bound(balancing: str) -> None:
+    spec = small_spec(dp=True, batch_size=1, learning_rate=1.0, task_balancing=balancing)
+    trainer = one_sample_trainer(spec)
+    start = model_vector(build_model(spec), ParameterLayout.model(spec))
+    outcome = trainer.train(start, trainer.plan(noise_multiplier=0.0))
+    assert (outcome.sample_rate, outcome.steps) == (1.0, 1)  # one step on the one sample
+    # The same step by hand: each task's gradient of the one sample, clipped as promised.
+    model = build_model(spec)
+    layout = ParameterLayout.model(spec)
+    parts = ("encoder", "head.flag", "head.level")
+    params = [p for part in parts for p in model.part(part).parameters()]
+    x = trainer.dataset.train.features
+
+    def gradient(task: str) -> torch.Tensor:
+        out = model(x)[task][:, 0]
+        loss = (
+            F.binary_cross_entropy_with_logits(out, torch.ones(1)).sum()
+            if task == "flag"
+            else (out - 40.0).pow(2).sum()
+        )
+        found = torch.autograd.grad(loss, params, allow_unused=True)
+        return torch.cat(
+            [
+                (g if g is not None else torch.zeros_like(p)).reshape(-1)
+                for g, p in zip(found, params, strict=True)
+            ]
+        )
+
+    task_gradients = [gradient("flag"), gradient("level")]
+    c = spec.dp.max_grad_norm
+    assert all(float(g.norm()) > c for g in task_gradients)  # both would be clipped
+    if balancing == "none":
+        expected = clipped(task_gradients[0] + task_gradients[1], c)
+    else:
+        expected = clipped(task_gradients[0], c / 2) + clipped(task_gradients[1], c / 2)
+    moved = torch.cat(
+        [
+            torch.from_numpy(outcome.local_vector - start)[
+                layout.segment(part).offset : layout.segment(part).end
+            ]
+            for part in parts
+        ]
+    )
+    torch.testing.assert_close(moved, -expected.double(), rtol=1e-4, atol=1e-6)
+    assert float(moved.norm()) <= c + 1e-6  # the sample's influence stays within C

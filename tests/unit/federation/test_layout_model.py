@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from federation.aggregation import ServerState, apply_sums, local_contribution
 from federation.errors import AggregationError, LayoutMismatch
 from federation.layout import ParameterLayout, SegmentKind
 from federation.model import build_model, load_model_vector, model_vector
-from federation.spec import FederationSpec
+from federation.spec import FederationSpec, PersonalisationMode, PersonalisationSpec
 
 
 def make_spec(**aggregation: object) -> FederationSpec:
@@ -102,11 +103,19 @@ def test_update_layout_has_a_counter_per_aggregated_part() -> None:
         "count.max_hr",
     ]
     assert all(s.kind is SegmentKind.COUNTER and s.bound == 1 for s in update.counter_segments)
-    personal = ParameterLayout.update(make_spec(personalised_heads=True))
+    fedper = make_spec().model_copy(
+        update={"personalisation": PersonalisationSpec(mode=PersonalisationMode.FEDPER)}
+    )
+    personal = ParameterLayout.update(fedper)
     assert [s.name for s in personal.segments if not s.name.startswith("metric.")] == [
         "encoder",
         "count.encoder",
     ]
+
+
+def test_personalised_heads_flag_is_refused_in_favour_of_the_fedper_mode() -> None:
+    with pytest.raises(ValidationError, match=r"personalisation\.mode = 'fedper'"):
+        make_spec(personalised_heads=True)
 
 
 def test_heads_average_only_over_institutions_holding_the_task() -> None:
@@ -199,3 +208,23 @@ def test_fedyogi_second_moment_moves_additively() -> None:
     assert state.v is not None
     # ... but then Yogi adds another 0.125 (v < Δ²) where Adam would give 0.1875.
     np.testing.assert_allclose(state.v[encoder.offset : encoder.end], 0.25)
+
+
+def test_zero_initialised_heads_start_uninformed_and_keep_the_encoder_weights() -> None:
+    spec = make_spec()
+    zero = spec.model_copy(
+        update={
+            "model": spec.model.model_copy(
+                update={"head": spec.model.head.model_copy(update={"zero_init": True})}
+            )
+        }
+    )
+    plain, zeroed = build_model(spec), build_model(zero)
+    x = torch.randn(6, 7, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = zeroed(x)
+    assert torch.all(out["disease"] == 0)  # probability 1/2 for everyone
+    assert torch.all(out["severity"] == 0)  # 1/5 for each class
+    layout = ParameterLayout.model(spec)
+    a, b = layout.split(model_vector(plain, layout)), layout.split(model_vector(zeroed, layout))
+    np.testing.assert_array_equal(a["encoder"], b["encoder"])
