@@ -3,8 +3,8 @@ each institution training alone.
 
 Run from the repository root:
 
-    python benchmarks/imaging.py                 # 10 rounds, epsilon 5, seed 0
-    python benchmarks/imaging.py --quick         # 3 rounds
+    python benchmarks/imaging.py                 # 5 rounds, epsilon 5, seed 0
+    python benchmarks/imaging.py --quick         # 2 rounds
     python benchmarks/imaging.py --rounds 5 --epsilon 3 --seed 1
     python benchmarks/imaging.py --device cuda   # local-only training on the GPU
 
@@ -61,8 +61,8 @@ from fmtl.demo.run import FINAL_MODEL_FILE, DemoOptions, DemoRun, agent_seed
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "images"
 TASK = "digit"
-DEFAULT_ROUNDS = 10
-QUICK_ROUNDS = 3
+DEFAULT_ROUNDS = 5
+QUICK_ROUNDS = 2
 
 
 def load_spec(seed: int, rounds: int) -> FederationSpec:

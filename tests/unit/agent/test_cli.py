@@ -10,6 +10,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from agent.cli import EXIT_FAILURE, EXIT_INPUT, app
@@ -89,6 +90,25 @@ def test_status_json_before_any_round(tmp_path: Path) -> None:
     assert document["budget"]["epsilon_spent"] == 0.0
     assert document["budget"]["epsilon_left"] == 2.5
     assert document["rounds"]["joined"] == 0
+    # Where training runs (the conftest's agent.toml asks for the CPU).
+    assert document["training"] == {"configured": "cpu", "device": "cpu"}
+    shown = runner.invoke(app, ["status", "--config", str(path)])
+    assert "cpu (configured cpu)" in shown.stdout
+
+
+def test_status_says_when_the_configured_gpu_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without one
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace('device = "cpu"', 'device = "cuda"'))
+    result = runner.invoke(app, ["status", "--config", str(path), "--json"])
+    assert result.exit_code == 0, result.stderr
+    training = json.loads(result.stdout)["training"]
+    assert training["device"] is None
+    assert "CUDA is not available" in training["problem"]
 
 
 def test_fmtl_entry_point_has_the_agent_commands() -> None:
