@@ -19,7 +19,8 @@ ExpandedWeights) and `ghost` (ghost clipping, Li et al. 2022, "Large Language Mo
 Be Strong Differentially Private Learners": per-sample gradient *norms* without
 materialising per-sample gradients, then a second backward pass of the clipped loss).
 `bk` is book-keeping clipping for Linear, Conv2d and GroupNorm layers
-(`privacy.dp.bookkeeping`): the same norms, and the clipped sum formed from one backward pass; Opacus' optimizer adds the noise as in `ghost`.
+(`privacy.dp.bookkeeping`): the same norms, and the clipped sum formed from one backward
+pass; Opacus' optimizer adds the noise as in `ghost`.
 The Gaussian noise comes from `privacy.dp.noise` (AES-256-CTR keystream, Box-Muller), keyed
 from `os.urandom`, in every mode; Opacus' optimizers do the rest (clip, sum, scale).
 An empty Poisson batch still takes a step: the update is the noise alone, as DP-SGD's
