@@ -17,17 +17,13 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
+from typing import Annotated, Any, Final, NoReturn
 
 import typer
 
 from agent.config import AgentConfig, load_config
 from agent.errors import AgentError, ConfigError, DataError
 from agent.logging import LogFormat, configure
-
-if TYPE_CHECKING:
-    from agent.data import LocalDataset
-    from agent.enrollment import Enrollment
 
 app = typer.Typer(
     name="agent",
@@ -80,41 +76,6 @@ def _readable_errors() -> Iterator[None]:
         _fail(f"unexpected {type(exc).__name__}: {exc}")
 
 
-def _data_error(config: AgentConfig, error: DataError) -> DataError:
-    """A data error prefixed with the file and the [data] section it is about."""
-    return DataError(f"{config.source}: data.{error}")
-
-
-def check_local_data(config: AgentConfig, enrollment: Enrollment) -> LocalDataset:
-    """Load the data as the daemon will, against the enrolled federation's spec."""
-    from agent.sources import load_local_data
-
-    profile = enrollment.profile
-    not_held = [task for task in config.data.labels if task not in profile.tasks_held]
-    if not_held:
-        raise DataError(
-            f"{config.source}: data.labels: task(s) {', '.join(not_held)} are not among the "
-            f"tasks the coordinator lists for '{profile.institution}' "
-            f"({', '.join(profile.tasks_held)}); remove them or ask the admin"
-        )
-    try:
-        return load_local_data(config.data, profile.spec)
-    except DataError as exc:
-        raise _data_error(config, exc) from None
-
-
-def _precheck_columns(config: AgentConfig) -> None:
-    """Before spending a token: the data file is readable and has every mapped column."""
-    from agent.data import _check_columns, _read_table  # the loader's own checks
-    from agent.image_mapping import ImageMapping
-
-    table = config.data.table_mapping() if isinstance(config.data, ImageMapping) else config.data
-    try:
-        _check_columns(table, _read_table(table))
-    except DataError as exc:
-        raise _data_error(config, exc) from None
-
-
 @app.command()
 def enroll(
     config_file: ConfigOption = Path("agent.toml"),
@@ -158,6 +119,7 @@ def enroll(
     with _readable_errors():
         from agent.enrollment import enroll as enroll_agent
         from agent.identity import load_identity
+        from agent.sources import check_local_data, precheck_columns
         from agent.state_store import EncryptedFileStore
 
         configure(LogFormat.TEXT, level="WARNING")
@@ -178,7 +140,7 @@ def enroll(
                 "--coordinator: missing; give the coordinator's URL (or set [coordinator] url "
                 f"in {config.source})"
             )
-        _precheck_columns(config)
+        precheck_columns(config)
         key = load_identity(config.key_file, config.key_passphrase) if existing_key else None
         enrollment, identity = enroll_agent(
             config, coordinator=url, token=token, force=force, identity=key
@@ -206,6 +168,7 @@ def check(config_file: ConfigOption = Path("agent.toml")) -> None:
     with _readable_errors():
         from agent.enrollment import load_enrollment
         from agent.identity import load_identity
+        from agent.sources import check_local_data
 
         configure(LogFormat.TEXT, level="WARNING")
         config = load_config(config_file)
@@ -425,4 +388,4 @@ def _metric_line(values: dict[str, float]) -> str:
     return ", ".join(f"{name} {values[name]:.3f}" for name in shown if name in values)
 
 
-__all__ = ["app", "check_local_data"]
+__all__ = ["app"]

@@ -46,6 +46,7 @@ from agent.ledger import Ledger, RoundStatus
 from agent.logging import event, get_logger
 from agent.round_participant import Outcome, RoundParticipant, StepResult
 from agent.round_state import ParticipantState, RoundStateStore
+from agent.sources import check_local_data
 from agent.state_store import EncryptedFileStore, StateCorrupted
 from agent.work import AgentWork, TrainingInterrupted
 from federation.round_api import WorkStatus
@@ -427,8 +428,6 @@ def _client(config: AgentConfig, enrollment: Enrollment, identity: object) -> Da
 
 def run_daemon(config: AgentConfig, *, max_rounds: int | None = None, show_progress: bool) -> int:
     """Set everything up from agent.toml and the state folder, then loop; the exit status."""
-    from agent.cli import check_local_data
-
     enrollment = load_enrollment(config)
     identity = load_identity(config.key_file, config.key_passphrase)
     dataset = check_local_data(config, enrollment)

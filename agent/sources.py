@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Discriminator, Tag, TypeAdapter, ValidationError
 
@@ -19,6 +19,10 @@ from agent.errors import DataError
 from agent.image_mapping import ImageMapping
 from agent.mapping import DataMapping
 from federation.spec import FederationSpec
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+    from agent.enrollment import Enrollment
 
 
 def _kind(value: Any) -> str:
@@ -101,4 +105,47 @@ def data_file(mapping: DataMapping | ImageMapping) -> Path:
     return mapping.manifest if isinstance(mapping, ImageMapping) else mapping.path
 
 
-__all__ = ["LocalDataMapping", "data_file", "describe", "load_local_data", "read_mapping_file"]
+# -- checks the CLI and the daemon run before a round ------------------------------------------
+
+
+def _data_error(config: AgentConfig, error: DataError) -> DataError:
+    """A data error prefixed with the file and the [data] section it is about."""
+    return DataError(f"{config.source}: data.{error}")
+
+
+def check_local_data(config: AgentConfig, enrollment: Enrollment) -> LocalDataset:
+    """Load the data as the daemon will, against the enrolled federation's spec."""
+    profile = enrollment.profile
+    not_held = [task for task in config.data.labels if task not in profile.tasks_held]
+    if not_held:
+        raise DataError(
+            f"{config.source}: data.labels: task(s) {', '.join(not_held)} are not among the "
+            f"tasks the coordinator lists for '{profile.institution}' "
+            f"({', '.join(profile.tasks_held)}); remove them or ask the admin"
+        )
+    try:
+        return load_local_data(config.data, profile.spec)
+    except DataError as exc:
+        raise _data_error(config, exc) from None
+
+
+def precheck_columns(config: AgentConfig) -> None:
+    """Before spending a token: the data file is readable and has every mapped column."""
+    from agent.data import _check_columns, _read_table  # the loader's own checks
+
+    table = config.data.table_mapping() if isinstance(config.data, ImageMapping) else config.data
+    try:
+        _check_columns(table, _read_table(table))
+    except DataError as exc:
+        raise _data_error(config, exc) from None
+
+
+__all__ = [
+    "LocalDataMapping",
+    "check_local_data",
+    "data_file",
+    "describe",
+    "load_local_data",
+    "precheck_columns",
+    "read_mapping_file",
+]
