@@ -24,23 +24,20 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from numpy.typing import NDArray
 
 from agent.coordinator_client import ClientError, CoordinatorClient, Rejected
+from agent.local_work import CannotContinue, LocalWork
 from agent.round_state import DamagedState, ParticipantState, RoundStateStore
-from federation.aggregation import Contribution
 from federation.layout import ParameterLayout
 from federation.round_api import (
     AggregationMode,
     MessageKind,
     MyStatus,
     RoundAssignment,
-    SpendReport,
     Stage,
     TaskReport,
     TrainingReport,
@@ -61,49 +58,6 @@ from privacy.secagg import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Whether to take part in a round; a decline carries its reason (e.g. "budget")."""
-
-    join: bool
-    reason: str | None = None
-
-    @classmethod
-    def accept(cls) -> Decision:
-        return cls(True)
-
-    @classmethod
-    def decline(cls, reason: str) -> Decision:
-        return cls(False, reason)
-
-
-@dataclass(frozen=True)
-class LocalResult:
-    """What local training produced for one round."""
-
-    contribution: Contribution
-    #: task -> metric -> value, of the *global* model on the local validation split.
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    spend: SpendReport | None = None
-    #: task -> validation samples behind its metrics (weights of the federation average).
-    n_validation: dict[str, int] = field(default_factory=dict)
-    train_samples: int = 0
-
-
-class LocalWork(Protocol):
-    """The institution's side of a round: whether to join, and the local training."""
-
-    def decide(self, assignment: RoundAssignment) -> Decision: ...
-
-    def train(
-        self, assignment: RoundAssignment, global_vector: NDArray[np.float64]
-    ) -> LocalResult: ...
-
-
-class CannotContinue(ClientError):
-    """This agent cannot go on with the round (it leaves it and says why)."""
 
 
 class Outcome(enum.StrEnum):

@@ -40,9 +40,9 @@ from agent.config import AgentConfig
 from agent.data import LocalDataset
 from agent.errors import AgentError
 from agent.ledger import MODEL_METRICS_MEMO, Ledger, RoundStatus
+from agent.local_work import CannotContinue, Decision, LocalResult
 from agent.logging import event, get_logger
 from agent.personal import FineTune, Personaliser, PersonalSettings, PersonalState
-from agent.round_participant import CannotContinue, Decision, LocalResult
 from agent.round_state import RoundStateStore
 from agent.training import LocalTrainer
 from federation.aggregation import Contribution, local_contribution

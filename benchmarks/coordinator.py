@@ -178,12 +178,12 @@ class DeltaWork:
         self.delta = np.random.default_rng(seed).normal(0.0, 0.01, length)
 
     def decide(self, assignment: Any) -> Any:
-        from agent.round_participant import Decision
+        from agent.local_work import Decision
 
         return Decision.accept()
 
     def train(self, assignment: Any, global_vector: NDArray[np.float64]) -> Any:
-        from agent.round_participant import LocalResult
+        from agent.local_work import LocalResult
         from federation.aggregation import local_contribution
 
         labelled = dict.fromkeys(self.spec.task_names, 10)

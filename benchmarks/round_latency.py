@@ -54,7 +54,8 @@ from rich.table import Table
 
 from agent.coordinator_client import ClientError, CoordinatorClient
 from agent.http_signing import enrollment_proof
-from agent.round_participant import Decision, LocalResult, RoundParticipant
+from agent.local_work import Decision, LocalResult
+from agent.round_participant import RoundParticipant
 from agent.round_state import InMemoryRoundStateStore
 from federation.aggregation import local_contribution
 from federation.round_api import RoundAssignment

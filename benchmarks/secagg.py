@@ -49,9 +49,9 @@ from privacy.secagg import (
     ClientRound,
     IdentityKey,
     NeighbourGraph,
-    Participant,
     RoundConfig,
     RoundContext,
+    RoundMember,
     add_masked,
     close_advertise,
     close_consistency,
@@ -143,7 +143,7 @@ def measure(n: int, d: int, dropout: float, graph: bool, bits: int = 32) -> Row:
     identities = {pid: IdentityKey.generate() for pid in range(1, n + 1)}
     config = RoundConfig(
         RoundContext("benchmark", 1),
-        tuple(Participant(pid, f"p{pid}", key.public_key()) for pid, key in identities.items()),
+        tuple(RoundMember(pid, f"p{pid}", key.public_key()) for pid, key in identities.items()),
         max(math.ceil(fraction * n), n // 2 + 1),
         d,
         bits,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.round_participant import Decision, LocalResult
+from agent.local_work import Decision, LocalResult
 from federation.aggregation import Contribution, apply_sums, local_contribution
 from federation.layout import ParameterLayout
 from federation.round_api import RoundAssignment, SpendReport

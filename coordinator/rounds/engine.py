@@ -74,6 +74,7 @@ from privacy.secagg import (
     NeighbourGraph,
     RoundConfig,
     RoundContext,
+    RoundMember,
     SecAggError,
     ShareKeysMessage,
     UnmaskPlan,
@@ -85,7 +86,6 @@ from privacy.secagg import (
     recommended_degree,
     route_shares,
 )
-from privacy.secagg import Participant as SecAggParticipant
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def select(
         config = RoundConfig(
             RoundContext(federation.name, round_.number),
             tuple(
-                SecAggParticipant(
+                RoundMember(
                     participant.secagg_id,
                     institution.name,
                     IdentityPublicKey(bytes(institution.public_key or b"")),

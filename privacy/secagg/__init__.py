@@ -14,7 +14,7 @@ coordinator calls the server functions over the messages it stored, workers call
 
 from privacy.secagg.client import ClientRound
 from privacy.secagg.client_state import ClientStage
-from privacy.secagg.config import NeighbourGraph, Participant, RoundConfig, RoundContext
+from privacy.secagg.config import NeighbourGraph, RoundConfig, RoundContext, RoundMember
 from privacy.secagg.consistency import (
     ConsistencyProof,
     ConsistencySignature,
@@ -32,7 +32,7 @@ from privacy.secagg.encoding import (
 )
 from privacy.secagg.errors import (
     BadSignature,
-    InvalidInput,
+    InvalidArgument,
     InvalidShare,
     MalformedMessage,
     ProtocolViolation,
@@ -82,19 +82,19 @@ __all__ = [
     "IdentityKey",
     "IdentityPublicKey",
     "IntSegment",
-    "InvalidInput",
+    "InvalidArgument",
     "InvalidShare",
     "KeyAdvert",
     "KeyBroadcast",
     "MalformedMessage",
     "MaskedInput",
     "NeighbourGraph",
-    "Participant",
     "PlanEntry",
     "ProtocolViolation",
     "RevealedShare",
     "RoundConfig",
     "RoundContext",
+    "RoundMember",
     "SecAggError",
     "Segment",
     "ShareBundle",

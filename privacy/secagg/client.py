@@ -36,7 +36,7 @@ from privacy.secagg.consistency import (
     UnmaskResponse,
 )
 from privacy.secagg.errors import (
-    InvalidInput,
+    InvalidArgument,
     InvalidShare,
     MalformedMessage,
     ProtocolViolation,
@@ -75,7 +75,7 @@ class ClientRound:
     def __init__(self, state: ClientState, identity: IdentityKey) -> None:
         expect(identity, IdentityKey, "the identity")
         if state.config.participant(state.me).identity != identity.public_key():
-            raise InvalidInput(
+            raise InvalidArgument(
                 f"the identity key is not the one enrolled for participant {state.me}"
             )
         self._state = state

@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import Final
 
 from privacy.secagg import domains, graph
-from privacy.secagg.errors import InvalidInput, MalformedMessage, ProtocolViolation
+from privacy.secagg.errors import InvalidArgument, MalformedMessage, ProtocolViolation
 from privacy.secagg.keys import PUBLIC_KEY_SIZE, IdentityPublicKey
 from privacy.secagg.ring import SUPPORTED_BITS
 from privacy.secagg.wire import Reader, Writer
@@ -35,7 +35,7 @@ def _is_int(value: object) -> bool:
 
 def _check_name(value: object, what: str) -> None:
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_NAME_CHARS:
-        raise InvalidInput(f"{what} must be a string of 1 to {MAX_NAME_CHARS} characters")
+        raise InvalidArgument(f"{what} must be a string of 1 to {MAX_NAME_CHARS} characters")
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,13 @@ class RoundContext:
     def __post_init__(self) -> None:
         _check_name(self.federation, "the federation id")
         if not _is_int(self.round) or not 0 <= self.round <= MAX_ROUND:
-            raise InvalidInput(f"the round number must be an int in [0, 2^63), got {self.round!r}")
+            raise InvalidArgument(
+                f"the round number must be an int in [0, 2^63), got {self.round!r}"
+            )
 
 
 @dataclass(frozen=True)
-class Participant:
+class RoundMember:
     """One participant of a round: id (1..2^32-1, its Shamir x-coordinate), name, identity key."""
 
     id: int
@@ -61,10 +63,10 @@ class Participant:
 
     def __post_init__(self) -> None:
         if not _is_int(self.id) or not 1 <= self.id <= MAX_PARTICIPANT_ID:
-            raise InvalidInput(f"participant ids must be ints in [1, 2^32), got {self.id!r}")
+            raise InvalidArgument(f"participant ids must be ints in [1, 2^32), got {self.id!r}")
         _check_name(self.name, f"participant {self.id}'s name")
         if not isinstance(self.identity, IdentityPublicKey):
-            raise InvalidInput(f"participant {self.id}'s identity must be an IdentityPublicKey")
+            raise InvalidArgument(f"participant {self.id}'s identity must be an IdentityPublicKey")
 
 
 @dataclass(frozen=True)
@@ -82,12 +84,12 @@ class NeighbourGraph:
 
     def __post_init__(self) -> None:
         if not isinstance(self.seed, bytes) or len(self.seed) != graph.GRAPH_SEED_SIZE:
-            raise InvalidInput(f"the graph seed must be {graph.GRAPH_SEED_SIZE} bytes")
+            raise InvalidArgument(f"the graph seed must be {graph.GRAPH_SEED_SIZE} bytes")
         if not _is_int(self.degree) or not _is_int(self.threshold):
-            raise InvalidInput("the graph degree and threshold must be ints")
+            raise InvalidArgument("the graph degree and threshold must be ints")
         holders = self.degree + 1
         if not holders < 2 * self.threshold <= 2 * holders:
-            raise InvalidInput(
+            raise InvalidArgument(
                 f"the neighbourhood threshold {self.threshold} must be > (degree + 1) / 2 "
                 f"= {holders / 2} and <= degree + 1 = {holders}"
             )
@@ -104,7 +106,7 @@ class RoundConfig:
     """
 
     context: RoundContext
-    participants: tuple[Participant, ...]
+    participants: tuple[RoundMember, ...]
     threshold: int
     vector_length: int
     bits: int = 32
@@ -112,24 +114,24 @@ class RoundConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.context, RoundContext):
-            raise InvalidInput("the round context must be a RoundContext")
+            raise InvalidArgument("the round context must be a RoundContext")
         members = tuple(sorted(self.participants, key=lambda p: p.id))
         object.__setattr__(self, "participants", members)
         n = len(members)
         if not 2 <= n <= MAX_PARTICIPANTS:
-            raise InvalidInput(f"a round needs 2 to {MAX_PARTICIPANTS} participants, got {n}")
+            raise InvalidArgument(f"a round needs 2 to {MAX_PARTICIPANTS} participants, got {n}")
         if len({p.id for p in members}) != n:
-            raise InvalidInput("participant ids must be distinct")
+            raise InvalidArgument("participant ids must be distinct")
         if not _is_int(self.threshold) or not n < 2 * self.threshold <= 2 * n:
-            raise InvalidInput(
+            raise InvalidArgument(
                 f"the threshold must satisfy n/2 < t <= n = {n}, got {self.threshold!r}"
             )
         if not _is_int(self.vector_length) or not 1 <= self.vector_length <= MAX_VECTOR_LENGTH:
-            raise InvalidInput(
+            raise InvalidArgument(
                 f"the vector length must be in [1, 2^31), got {self.vector_length!r}"
             )
         if self.bits not in SUPPORTED_BITS:
-            raise InvalidInput(f"bits must be one of {SUPPORTED_BITS}, got {self.bits!r}")
+            raise InvalidArgument(f"bits must be one of {SUPPORTED_BITS}, got {self.bits!r}")
         if self.graph is not None:
             graph.check_degree(self.graph.degree, n)
 
@@ -142,13 +144,13 @@ class RoundConfig:
         return tuple(p.id for p in self.participants)
 
     @cached_property
-    def _by_id(self) -> dict[int, Participant]:
+    def _by_id(self) -> dict[int, RoundMember]:
         return {p.id: p for p in self.participants}
 
-    def participant(self, pid: int) -> Participant:
+    def participant(self, pid: int) -> RoundMember:
         """The participant with this id; an unknown id is a protocol violation."""
         if not _is_int(pid):
-            raise InvalidInput(f"a participant id must be an int, got {type(pid).__name__}")
+            raise InvalidArgument(f"a participant id must be an int, got {type(pid).__name__}")
         found = self._by_id.get(pid)
         if found is None:
             raise ProtocolViolation(f"participant {pid} is not in this round", participant=pid)
@@ -212,7 +214,7 @@ class RoundConfig:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RoundConfig:
-        """Parse and validate; malformed bytes raise MalformedMessage, bad values InvalidInput."""
+        """Parse and validate: MalformedMessage for malformed bytes, InvalidArgument for values."""
         reader = Reader(data, _TAG, "round config")
         context = RoundContext(reader.text("federation"), reader.u64("round"))
         threshold = reader.u32("threshold")
@@ -223,7 +225,7 @@ class RoundConfig:
             pid = reader.u32("participant id")
             name = reader.text("participant name")
             identity = IdentityPublicKey(reader.fixed(PUBLIC_KEY_SIZE, "identity key"))
-            participants.append(Participant(pid, name, identity))
+            participants.append(RoundMember(pid, name, identity))
         has_graph = reader.u8("graph flag")
         neighbour_graph = None
         if has_graph == 1:

@@ -30,7 +30,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from privacy.secagg.errors import InvalidInput
+from privacy.secagg.errors import InvalidArgument
 from privacy.secagg.ring import RingVector, check_ring_vector, ring_dtype
 
 FLOAT_EXACT_INT: Final = 2**53  # largest M such that every integer in [-M, M] is a float64
@@ -43,9 +43,13 @@ MAX_SEGMENT_NAME: Final = 128
 
 def _check_segment_header(name: object, length: object) -> None:
     if not isinstance(name, str) or not 1 <= len(name) <= MAX_SEGMENT_NAME:
-        raise InvalidInput(f"a segment name must be a string of 1 to {MAX_SEGMENT_NAME} characters")
+        raise InvalidArgument(
+            f"a segment name must be a string of 1 to {MAX_SEGMENT_NAME} characters"
+        )
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise InvalidInput(f"segment '{name}': the length must be a positive int, got {length!r}")
+        raise InvalidArgument(
+            f"segment '{name}': the length must be a positive int, got {length!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ class FloatSegment:
     def __post_init__(self) -> None:
         _check_segment_header(self.name, self.length)
         if not isinstance(self.clip, int | float) or not 0 < self.clip <= MAX_CLIP:
-            raise InvalidInput(
+            raise InvalidArgument(
                 f"segment '{self.name}': clip must be in (0, {MAX_CLIP:g}], got {self.clip!r}"
             )
 
@@ -75,7 +79,7 @@ class IntSegment:
     def __post_init__(self) -> None:
         _check_segment_header(self.name, self.length)
         if isinstance(self.max_abs, bool) or not isinstance(self.max_abs, int) or self.max_abs < 1:
-            raise InvalidInput(
+            raise InvalidArgument(
                 f"segment '{self.name}': max_abs must be a positive int, got {self.max_abs!r}"
             )
 
@@ -103,7 +107,7 @@ class DecodedSum:
 
     def __getitem__(self, name: str) -> NDArray[np.float64] | NDArray[np.int64]:
         if name not in self.segments:
-            raise InvalidInput(f"no segment named '{name}' (have: {', '.join(self.segments)})")
+            raise InvalidArgument(f"no segment named '{name}' (have: {', '.join(self.segments)})")
         return self.segments[name]
 
 
@@ -116,28 +120,30 @@ class FixedPointCodec:
     ) -> None:
         self._dtype = ring_dtype(bits)
         if not segments:
-            raise InvalidInput("a vector layout needs at least one segment")
+            raise InvalidArgument("a vector layout needs at least one segment")
         if (
             isinstance(max_participants, bool)
             or not isinstance(max_participants, int)
             or max_participants < 1
         ):
-            raise InvalidInput(f"max_participants must be a positive int, got {max_participants!r}")
+            raise InvalidArgument(
+                f"max_participants must be a positive int, got {max_participants!r}"
+            )
         names = [s.name for s in segments]
         if len(set(names)) != len(names):
-            raise InvalidInput("segment names must be distinct")
+            raise InvalidArgument("segment names must be distinct")
         self.bits = bits
         self.max_participants = max_participants
         self.segments: tuple[Segment, ...] = tuple(segments)
         limit = (2 ** (bits - 1) - 1) // max_participants
         self._float_bound = min(limit, FLOAT_EXACT_INT)
         if self._float_bound < 1:
-            raise InvalidInput(f"{bits} bits cannot sum {max_participants} inputs")
+            raise InvalidArgument(f"{bits} bits cannot sum {max_participants} inputs")
         self._offsets: dict[str, tuple[int, int]] = {}
         offset = 0
         for segment in self.segments:
             if isinstance(segment, IntSegment) and segment.max_abs > limit:
-                raise InvalidInput(
+                raise InvalidArgument(
                     f"segment '{segment.name}': max_abs {segment.max_abs} times "
                     f"{max_participants} participants would wrap {bits}-bit sums "
                     f"(at most {limit} allowed)"
@@ -154,7 +160,7 @@ class FixedPointCodec:
         """Value of one integer unit of float segment `name` (the rounding step)."""
         segment = self.segment(name)
         if not isinstance(segment, FloatSegment):
-            raise InvalidInput(f"segment '{name}' holds integers (resolution 1)")
+            raise InvalidArgument(f"segment '{name}' holds integers (resolution 1)")
         return 1.0 / self.scale(segment)
 
     def max_sum_error(self, name: str, participants: int) -> float:
@@ -167,7 +173,7 @@ class FixedPointCodec:
         """
         segment = self.segment(name)
         if not isinstance(segment, FloatSegment):
-            raise InvalidInput(f"segment '{name}' holds integers: its sums are exact")
+            raise InvalidArgument(f"segment '{name}' holds integers: its sums are exact")
         return participants * (self.resolution(name) + FLOAT64_SLACK * segment.clip)
 
     def segment(self, name: str) -> Segment:
@@ -175,7 +181,7 @@ class FixedPointCodec:
         for segment in self.segments:
             if segment.name == name:
                 return segment
-        raise InvalidInput(f"no segment named '{name}'")
+        raise InvalidArgument(f"no segment named '{name}'")
 
     def encode(
         self, parts: Mapping[str, NDArray[np.generic]], *, rng: np.random.Generator | None = None
@@ -187,10 +193,10 @@ class FixedPointCodec:
         from `secrets`; inject one only in tests).
         """
         if not isinstance(parts, Mapping):
-            raise InvalidInput("encode takes a mapping of segment name to array")
+            raise InvalidArgument("encode takes a mapping of segment name to array")
         unknown = sorted(set(parts) - set(self._offsets))
         if unknown:
-            raise InvalidInput(
+            raise InvalidArgument(
                 f"unknown segment '{unknown[0]}' (layout: {', '.join(self._offsets)})"
             )
         generator = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
@@ -198,7 +204,7 @@ class FixedPointCodec:
         clipped: dict[str, int] = {}
         for segment in self.segments:
             if segment.name not in parts:
-                raise InvalidInput(f"segment '{segment.name}' is missing")
+                raise InvalidArgument(f"segment '{segment.name}' is missing")
             values = self._checked(segment, parts[segment.name])
             start, stop = self._offsets[segment.name]
             if isinstance(segment, FloatSegment):
@@ -211,25 +217,27 @@ class FixedPointCodec:
     def _checked(self, segment: Segment, values: object) -> NDArray[np.generic]:
         where = f"segment '{segment.name}'"
         if not isinstance(values, np.ndarray):
-            raise InvalidInput(f"{where}: expected a numpy array, got {type(values).__name__}")
+            raise InvalidArgument(f"{where}: expected a numpy array, got {type(values).__name__}")
         if values.shape != (segment.length,):
-            raise InvalidInput(f"{where}: expected shape ({segment.length},), got {values.shape}")
+            raise InvalidArgument(
+                f"{where}: expected shape ({segment.length},), got {values.shape}"
+            )
         if isinstance(segment, FloatSegment):
             if not np.issubdtype(values.dtype, np.floating):
-                raise InvalidInput(f"{where}: expected a floating dtype, got {values.dtype}")
+                raise InvalidArgument(f"{where}: expected a floating dtype, got {values.dtype}")
             finite = np.isfinite(values)
             if not finite.all():
                 index = int(np.argmin(finite))
-                raise InvalidInput(
+                raise InvalidArgument(
                     f"{where}: coordinate {index} is {values[index]} (NaN/Inf are refused)"
                 )
         else:
             if not np.issubdtype(values.dtype, np.integer):
-                raise InvalidInput(f"{where}: expected an integer dtype, got {values.dtype}")
+                raise InvalidArgument(f"{where}: expected an integer dtype, got {values.dtype}")
             too_big = np.abs(values.astype(np.float64)) > segment.max_abs
             if too_big.any():
                 index = int(np.argmax(too_big))
-                raise InvalidInput(
+                raise InvalidArgument(
                     f"{where}: coordinate {index} = {values[index]} exceeds "
                     f"max_abs {segment.max_abs}"
                 )

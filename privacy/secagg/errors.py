@@ -1,6 +1,6 @@
 """The errors of secure aggregation: one small hierarchy, so callers can tell causes apart.
 
-A caller (the coordinator's HTTP layer, the agent) maps them once: `InvalidInput` and its
+A caller (the coordinator's HTTP layer, the agent) maps them once: `InvalidArgument` and its
 subclass `MalformedMessage` are bad input (4xx, nothing changed); `BadSignature`,
 `InvalidShare` and `ProtocolViolation` name a participant that misbehaved (or a tampered
 message); `ThresholdNotMet` means the round cannot go on with the participants that remain
@@ -22,11 +22,11 @@ class SecAggError(Exception):
         self.participant = participant
 
 
-class InvalidInput(SecAggError, ValueError):
+class InvalidArgument(SecAggError, ValueError):
     """An argument is wrong: a length, a dtype, NaN/Inf, a threshold out of range, an id."""
 
 
-class MalformedMessage(InvalidInput):
+class MalformedMessage(InvalidArgument):
     """Bytes that are not a well-formed message of the expected kind and version."""
 
 
@@ -51,7 +51,7 @@ class ProtocolViolation(SecAggError):
 
 
 def expect(value: object, kind: type, what: str) -> None:
-    """Raise InvalidInput unless `value` is a `kind`: public entry points check their
+    """Raise InvalidArgument unless `value` is a `kind`: public entry points check their
     arguments' types, so a caller's mix-up is a typed error, not an AttributeError."""
     if not isinstance(value, kind):
-        raise InvalidInput(f"{what} must be a {kind.__name__}, got {type(value).__name__}")
+        raise InvalidArgument(f"{what} must be a {kind.__name__}, got {type(value).__name__}")

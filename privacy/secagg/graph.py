@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from privacy.secagg import domains
-from privacy.secagg.errors import InvalidInput
+from privacy.secagg.errors import InvalidArgument
 
 GRAPH_SEED_SIZE: Final = 32
 # Smallest useful degree: each participant has at least one neighbour on either side.
@@ -37,16 +37,16 @@ def recommended_degree(n: int) -> int:
     0 means "use the complete graph" (the neighbour graph saves nothing below that size).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise InvalidInput(f"a round needs an int of at least 2 participants, got {n!r}")
+        raise InvalidArgument(f"a round needs an int of at least 2 participants, got {n!r}")
     degree = 2 * math.ceil(DEGREE_PER_LOG2_N * math.log2(n) / 2)
     return degree if degree < n - 1 else 0
 
 
 def check_degree(degree: int, n: int) -> None:
     if isinstance(degree, bool) or not isinstance(degree, int):
-        raise InvalidInput(f"the graph degree must be an int, got {type(degree).__name__}")
+        raise InvalidArgument(f"the graph degree must be an int, got {type(degree).__name__}")
     if degree % 2 or degree < MIN_DEGREE or degree >= n - 1:
-        raise InvalidInput(
+        raise InvalidArgument(
             f"the graph degree must be even and between {MIN_DEGREE} and n-2 = {n - 2} "
             f"(got {degree}); use the complete graph for n = {n}"
         )
@@ -55,7 +55,7 @@ def check_degree(degree: int, n: int) -> None:
 def neighbours(ids: Sequence[int], seed: bytes, degree: int) -> dict[int, frozenset[int]]:
     """Each participant's k neighbours (never itself) in the round's neighbour graph."""
     if len(seed) != GRAPH_SEED_SIZE:
-        raise InvalidInput(f"the graph seed must be {GRAPH_SEED_SIZE} bytes")
+        raise InvalidArgument(f"the graph seed must be {GRAPH_SEED_SIZE} bytes")
     check_degree(degree, len(ids))
     order = sorted(
         ids,

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from privacy.secagg import domains
-from privacy.secagg.errors import BadSignature, InvalidInput, InvalidShare, ProtocolViolation
+from privacy.secagg.errors import BadSignature, InvalidArgument, InvalidShare, ProtocolViolation
 
 PUBLIC_KEY_SIZE: Final = 32  # Ed25519 and X25519 public keys
 PRIVATE_KEY_SIZE: Final = 32  # Ed25519 seed, X25519 scalar
@@ -46,9 +46,9 @@ TAG_SIZE: Final = 16  # AES-GCM tag
 
 def _check_size(value: object, size: int, what: str) -> bytes:
     if not isinstance(value, bytes | bytearray):
-        raise InvalidInput(f"{what} must be bytes, got {type(value).__name__}")
+        raise InvalidArgument(f"{what} must be bytes, got {type(value).__name__}")
     if len(value) != size:
-        raise InvalidInput(f"{what} must be {size} bytes, got {len(value)}")
+        raise InvalidArgument(f"{what} must be {size} bytes, got {len(value)}")
     return bytes(value)
 
 
@@ -62,7 +62,7 @@ class IdentityPublicKey:
         try:
             self._key = Ed25519PublicKey.from_public_bytes(self._raw)
         except ValueError as exc:
-            raise InvalidInput("an identity public key is not a valid Ed25519 key") from exc
+            raise InvalidArgument("an identity public key is not a valid Ed25519 key") from exc
 
     def to_bytes(self) -> bytes:
         return self._raw

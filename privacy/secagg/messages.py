@@ -18,7 +18,7 @@ import numpy as np
 
 from privacy.secagg import domains
 from privacy.secagg.config import MAX_PARTICIPANTS
-from privacy.secagg.errors import InvalidInput, MalformedMessage
+from privacy.secagg.errors import InvalidArgument, MalformedMessage
 from privacy.secagg.keys import DIGEST_SIZE, NONCE_SIZE, PUBLIC_KEY_SIZE, SIGNATURE_SIZE, TAG_SIZE
 from privacy.secagg.ring import RingVector, ring_dtype
 from privacy.secagg.shamir import SHARE_SIZE, share_from_bytes, share_to_bytes
@@ -339,6 +339,6 @@ class MaskedInput:
         _, _, dtype, raw = cls._header(data)
         length = len(raw) // dtype.itemsize
         if not 0 <= start < stop <= length:
-            raise InvalidInput(f"masked input: slice [{start}, {stop}) outside [0, {length})")
+            raise InvalidArgument(f"masked input: slice [{start}, {stop}) outside [0, {length})")
         view = raw[start * dtype.itemsize : stop * dtype.itemsize]
         return np.frombuffer(view, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)

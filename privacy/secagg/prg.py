@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algori
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from privacy.secagg import domains
-from privacy.secagg.errors import InvalidInput
+from privacy.secagg.errors import InvalidArgument
 from privacy.secagg.ring import RingVector, ring_dtype
 
 AES_BLOCK: Final = 16
@@ -47,7 +47,7 @@ class MaskPurpose(enum.IntEnum):
 def mask_key(seed: bytes, federation: str, round_number: int, purpose: MaskPurpose) -> bytes:
     """AES-256 key of the keystream of `seed` for one federation, round and purpose."""
     if not isinstance(seed, bytes) or len(seed) != 32:
-        raise InvalidInput("a mask seed must be 32 bytes")
+        raise InvalidArgument("a mask seed must be 32 bytes")
     fed = federation.encode("utf-8")
     info = (
         domains.MASK_KEY
@@ -75,9 +75,9 @@ class MaskStream:
 
     def __post_init__(self) -> None:
         if len(self.key) != MASK_KEY_SIZE:
-            raise InvalidInput(f"a mask key must be {MASK_KEY_SIZE} bytes")
+            raise InvalidArgument(f"a mask key must be {MASK_KEY_SIZE} bytes")
         if self.sign not in (1, -1):
-            raise InvalidInput(f"a mask sign must be +1 or -1, got {self.sign!r}")
+            raise InvalidArgument(f"a mask sign must be +1 or -1, got {self.sign!r}")
 
 
 def _encryptor(key: bytes, byte_start: int) -> CipherContext:
@@ -105,7 +105,7 @@ def apply_masks(
     chunk, which saves a separate pass over memory when masking a copy.
     """
     if start < 0:
-        raise InvalidInput(f"the first coordinate must be >= 0, got {start}")
+        raise InvalidArgument(f"the first coordinate must be >= 0, got {start}")
     itemsize = target.dtype.itemsize
     dtype = ring_dtype(itemsize * 8)
     encryptors = [_encryptor(stream.key, start * itemsize) for stream in streams]
@@ -134,7 +134,7 @@ def apply_masks(
 def keystream_vector(key: bytes, start: int, stop: int, bits: int) -> RingVector:
     """The mask PRG(key)[start:stop] itself (for tests and audits; masking uses apply_masks)."""
     if not 0 <= start <= stop:
-        raise InvalidInput(f"invalid coordinate range [{start}, {stop})")
+        raise InvalidArgument(f"invalid coordinate range [{start}, {stop})")
     out = np.zeros(stop - start, dtype=ring_dtype(bits))
     apply_masks(out, start, [MaskStream(key, 1)])
     return out

@@ -13,7 +13,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from privacy.secagg.errors import InvalidInput
+from privacy.secagg.errors import InvalidArgument
 
 SUPPORTED_BITS: Final = (32, 64)
 _DTYPES: Final[dict[int, np.dtype[np.unsignedinteger]]] = {
@@ -27,7 +27,7 @@ RingVector = NDArray[np.unsignedinteger]
 def ring_dtype(bits: int) -> np.dtype[np.unsignedinteger]:
     """The numpy dtype holding one element of Z_2^bits."""
     if bits not in _DTYPES:
-        raise InvalidInput(f"bits must be one of {SUPPORTED_BITS}, got {bits!r}")
+        raise InvalidArgument(f"bits must be one of {SUPPORTED_BITS}, got {bits!r}")
     return _DTYPES[bits]
 
 
@@ -37,17 +37,17 @@ def check_ring_vector(
     """Return `vector` unchanged if it is a 1-D C-contiguous array of Z_2^bits of `length`."""
     dtype = ring_dtype(bits)
     if not isinstance(vector, np.ndarray):
-        raise InvalidInput(f"{what} must be a numpy array, got {type(vector).__name__}")
+        raise InvalidArgument(f"{what} must be a numpy array, got {type(vector).__name__}")
     if vector.dtype != dtype:
-        raise InvalidInput(
+        raise InvalidArgument(
             f"{what} must have dtype {dtype} for {bits}-bit aggregation, got {vector.dtype}"
         )
     if vector.ndim != 1 or vector.shape[0] != length:
-        raise InvalidInput(f"{what} must have shape ({length},), got {vector.shape}")
+        raise InvalidArgument(f"{what} must have shape ({length},), got {vector.shape}")
     if not vector.flags.c_contiguous:
-        raise InvalidInput(f"{what} must be C-contiguous")
+        raise InvalidArgument(f"{what} must be C-contiguous")
     if writeable and not vector.flags.writeable:
-        raise InvalidInput(f"{what} must be writeable")
+        raise InvalidArgument(f"{what} must be writeable")
     return vector
 
 
@@ -57,10 +57,10 @@ def add_masked(accumulator: RingVector, vector: RingVector) -> None:
     Both must be 1-D arrays of the same unsigned dtype (uint32 or uint64) and length.
     """
     if not isinstance(accumulator, np.ndarray):
-        raise InvalidInput("the accumulator must be a numpy array")
+        raise InvalidArgument("the accumulator must be a numpy array")
     bits = accumulator.dtype.itemsize * 8
     if accumulator.dtype not in _DTYPES.values():
-        raise InvalidInput(f"the accumulator must be uint32 or uint64, got {accumulator.dtype}")
+        raise InvalidArgument(f"the accumulator must be uint32 or uint64, got {accumulator.dtype}")
     length = accumulator.shape[0] if accumulator.ndim == 1 else -1
     check_ring_vector(accumulator, bits, length, "the accumulator", writeable=True)
     check_ring_vector(vector, bits, length, "the added vector")

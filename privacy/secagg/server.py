@@ -16,7 +16,7 @@ from typing import Protocol, TypeVar
 
 from privacy.secagg.config import RoundConfig
 from privacy.secagg.consistency import ConsistencyProof, ConsistencySignature, SurvivorSet
-from privacy.secagg.errors import InvalidInput, ProtocolViolation, expect
+from privacy.secagg.errors import InvalidArgument, ProtocolViolation, expect
 from privacy.secagg.keys import check_agreement_public_key
 from privacy.secagg.messages import (
     KeyAdvert,
@@ -177,7 +177,7 @@ def close_consistency(
     expect(config, RoundConfig, "the round config")
     expect(survivors, SurvivorSet, "the survivor set")
     if survivors.round_id != config.digest:
-        raise InvalidInput("the survivor set belongs to another round")
+        raise InvalidArgument("the survivor set belongs to another round")
     accepted = _one_per_sender(
         signatures,
         lambda s: check_consistency_signature(config, survivors, s),

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Final
 
-from privacy.secagg.errors import InvalidInput, InvalidShare, ThresholdNotMet
+from privacy.secagg.errors import InvalidArgument, InvalidShare, ThresholdNotMet
 
 PRIME: Final = 2**256 + 297
 SECRET_SIZE: Final = 32
@@ -27,9 +27,9 @@ _LAGRANGE_CACHE_SIZE: Final = 4096
 
 def _check_threshold(threshold: int, holders: int) -> None:
     if isinstance(threshold, bool) or not isinstance(threshold, int):
-        raise InvalidInput(f"the threshold must be an int, got {type(threshold).__name__}")
+        raise InvalidArgument(f"the threshold must be an int, got {type(threshold).__name__}")
     if not 1 <= threshold <= holders:
-        raise InvalidInput(f"the threshold {threshold} must be between 1 and {holders} holders")
+        raise InvalidArgument(f"the threshold {threshold} must be between 1 and {holders} holders")
 
 
 def split_secret(secret: bytes, holders: Sequence[int], threshold: int) -> dict[int, int]:
@@ -38,9 +38,9 @@ def split_secret(secret: bytes, holders: Sequence[int], threshold: int) -> dict[
     Returns each holder's share value f(holder).
     """
     if not isinstance(secret, bytes) or len(secret) != SECRET_SIZE:
-        raise InvalidInput(f"a shared secret must be {SECRET_SIZE} bytes")
+        raise InvalidArgument(f"a shared secret must be {SECRET_SIZE} bytes")
     if len(set(holders)) != len(holders) or any(x < 1 or x >= PRIME for x in holders):
-        raise InvalidInput("share holders must be distinct positive ids")
+        raise InvalidArgument("share holders must be distinct positive ids")
     _check_threshold(threshold, len(holders))
     coefficients = [int.from_bytes(secret, "big")]
     coefficients += [secrets.randbelow(PRIME) for _ in range(threshold - 1)]

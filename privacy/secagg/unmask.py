@@ -30,7 +30,7 @@ import numpy as np
 from privacy.secagg.config import MAX_PARTICIPANTS, MAX_VECTOR_LENGTH, RoundConfig
 from privacy.secagg.consistency import ConsistencyProof, UnmaskResponse
 from privacy.secagg.errors import (
-    InvalidInput,
+    InvalidArgument,
     InvalidShare,
     MalformedMessage,
     ProtocolViolation,
@@ -188,7 +188,7 @@ def plan_unmask(
     for message in share_messages:
         expect(message, ShareKeysMessage, "a share keys message")
     if proof.round_id != config.digest or broadcast.round_id != config.digest:
-        raise InvalidInput("the key broadcast or consistency proof belongs to another round")
+        raise InvalidArgument("the key broadcast or consistency proof belongs to another round")
     commitments = {m.sender: m.self_seed_commitment for m in share_messages}
     share_senders = frozenset(commitments)
     require_subset(share_senders, broadcast.senders, "share keys senders")
@@ -265,9 +265,9 @@ def unmask_slice(
     try:
         start, stop = operator.index(start), operator.index(stop)
     except TypeError as exc:
-        raise InvalidInput("start and stop must be integers") from exc
+        raise InvalidArgument("start and stop must be integers") from exc
     if not 0 <= start < stop <= plan.vector_length:
-        raise InvalidInput(f"slice [{start}, {stop}) is not within [0, {plan.vector_length})")
+        raise InvalidArgument(f"slice [{start}, {stop}) is not within [0, {plan.vector_length})")
     check_ring_vector(
         masked_sum_slice, plan.bits, stop - start, "the masked sum slice", writeable=in_place
     )

@@ -30,7 +30,7 @@ import pytest
 from numpy.typing import NDArray
 from typer.testing import CliRunner
 
-from agent.round_participant import LocalResult
+from agent.local_work import LocalResult
 from coordinator.ledger.accountant import MechanismStep, recompute_epsilon
 from federation.round_api import RoundAssignment
 from federation.spec import Accountant

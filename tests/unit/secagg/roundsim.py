@@ -25,9 +25,9 @@ from privacy.secagg import (
     KeyBroadcast,
     MaskedInput,
     NeighbourGraph,
-    Participant,
     RoundConfig,
     RoundContext,
+    RoundMember,
     SecAggError,
     ShareBundle,
     ShareKeysMessage,
@@ -66,7 +66,7 @@ def make_federation(
     """n participants with ids 1..n and fresh identity keys; a graph when `degree` is set."""
     identities = {pid: IdentityKey.generate() for pid in range(1, n + 1)}
     participants = tuple(
-        Participant(pid, f"institution-{pid}", key.public_key()) for pid, key in identities.items()
+        RoundMember(pid, f"institution-{pid}", key.public_key()) for pid, key in identities.items()
     )
     graph = None
     if degree is not None:

@@ -8,13 +8,13 @@ import pytest
 
 from privacy.secagg import (
     IdentityKey,
-    InvalidInput,
+    InvalidArgument,
     MalformedMessage,
     NeighbourGraph,
-    Participant,
     ProtocolViolation,
     RoundConfig,
     RoundContext,
+    RoundMember,
     recommended_degree,
 )
 from privacy.secagg.graph import neighbours
@@ -23,8 +23,8 @@ KEYS = [IdentityKey.generate().public_key() for _ in range(12)]
 SEED = bytes(range(32))
 
 
-def _participants(n: int) -> tuple[Participant, ...]:
-    return tuple(Participant(i, f"p{i}", KEYS[i - 1]) for i in range(1, n + 1))
+def _participants(n: int) -> tuple[RoundMember, ...]:
+    return tuple(RoundMember(i, f"p{i}", KEYS[i - 1]) for i in range(1, n + 1))
 
 
 def _config(**changes) -> RoundConfig:
@@ -76,14 +76,14 @@ def test_every_field_changes_the_round_id(change) -> None:
         ({"vector_length": 0}, "vector length"),
         ({"bits": 16}, "bits"),
         ({"participants": _participants(1)}, "2 to"),
-        ({"participants": (*_participants(3), Participant(3, "again", KEYS[5]))}, "distinct"),
+        ({"participants": (*_participants(3), RoundMember(3, "again", KEYS[5]))}, "distinct"),
         ({"graph": NeighbourGraph(SEED, 10, 6)}, "n-2 = 8"),
         ({"graph": NeighbourGraph(SEED, 5, 4)}, "even"),
         ({"context": "fed-3"}, "RoundContext"),
     ],
 )
 def test_invalid_configs_are_refused(change, message) -> None:
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(InvalidArgument, match=message):
         _config(**change)
 
 
@@ -93,14 +93,14 @@ def test_invalid_configs_are_refused(change, message) -> None:
         (lambda: NeighbourGraph(SEED, 4, 2), r"> \(degree \+ 1\) / 2"),
         (lambda: NeighbourGraph(SEED, 4, 6), "<= degree"),
         (lambda: NeighbourGraph(b"short", 4, 3), "32 bytes"),
-        (lambda: Participant(0, "zero", KEYS[0]), r"\[1, 2\^32\)"),
-        (lambda: Participant(1, "", KEYS[0]), "name"),
+        (lambda: RoundMember(0, "zero", KEYS[0]), r"\[1, 2\^32\)"),
+        (lambda: RoundMember(1, "", KEYS[0]), "name"),
         (lambda: RoundContext("", 1), "federation"),
         (lambda: RoundContext("fed", -1), "round number"),
     ],
 )
 def test_invalid_parts_are_refused(factory, message) -> None:
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(InvalidArgument, match=message):
         factory()
 
 

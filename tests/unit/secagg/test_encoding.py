@@ -12,7 +12,7 @@ from privacy.secagg import (
     FixedPointCodec,
     FloatSegment,
     IntSegment,
-    InvalidInput,
+    InvalidArgument,
     ring_dtype,
 )
 
@@ -116,7 +116,7 @@ def test_default_randomness_differs_between_calls() -> None:
 )
 def test_bad_float_input_is_refused_with_a_clear_error(parts, message) -> None:
     codec = FixedPointCodec([FloatSegment("w", 3, 1.0)], max_participants=4)
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(InvalidArgument, match=message):
         codec.encode(parts)
 
 
@@ -130,7 +130,7 @@ def test_bad_float_input_is_refused_with_a_clear_error(parts, message) -> None:
 )
 def test_bad_counter_input_is_refused_not_clipped(values, message) -> None:
     codec = FixedPointCodec([IntSegment("count", 2, 10)], max_participants=4)
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(InvalidArgument, match=message):
         codec.encode({"count": values})
 
 
@@ -148,7 +148,7 @@ def test_bad_counter_input_is_refused_not_clipped(values, message) -> None:
     ],
 )
 def test_bad_layouts_are_refused(kwargs, message) -> None:
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(InvalidArgument, match=message):
         FixedPointCodec(**kwargs)
 
 
@@ -163,15 +163,15 @@ def test_bad_layouts_are_refused(kwargs, message) -> None:
     ],
 )
 def test_bad_segments_are_refused(factory, message) -> None:
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(InvalidArgument, match=message):
         factory()
 
 
 def test_decode_refuses_a_vector_of_the_wrong_kind() -> None:
     codec = FixedPointCodec([FloatSegment("w", 3, 1.0)], max_participants=4)
-    with pytest.raises(InvalidInput, match="dtype"):
+    with pytest.raises(InvalidArgument, match="dtype"):
         codec.decode_sum(np.zeros(3, dtype=np.float64))
-    with pytest.raises(InvalidInput, match="shape"):
+    with pytest.raises(InvalidArgument, match="shape"):
         codec.decode_sum(np.zeros(4, dtype=ring_dtype(32)))
-    with pytest.raises(InvalidInput, match="no segment named 'v'"):
+    with pytest.raises(InvalidArgument, match="no segment named 'v'"):
         codec.decode_sum(np.zeros(3, dtype=ring_dtype(32)))["v"]

@@ -16,7 +16,7 @@ from privacy.secagg import (
     ConsistencyProof,
     ConsistencySignature,
     IdentityKey,
-    InvalidInput,
+    InvalidArgument,
     KeyAdvert,
     KeyBroadcast,
     MalformedMessage,
@@ -75,7 +75,7 @@ def test_masked_input_round_trips_and_slices_without_parsing_the_rest(finished) 
     again = MaskedInput.from_bytes(raw)
     np.testing.assert_array_equal(again.vector, upload.vector)
     np.testing.assert_array_equal(MaskedInput.slice_from_bytes(raw, 5, 20), upload.vector[5:20])
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidArgument):
         MaskedInput.slice_from_bytes(raw, 20, 5)
 
 
@@ -146,7 +146,7 @@ def test_client_state_needs_the_enrolled_identity_and_intact_bytes() -> None:
     federation = make_federation(5, 3, 16)
     progress = Progress.start(federation).share_keys()
     state = progress.clients[2].export_state()
-    with pytest.raises(InvalidInput, match="identity"):
+    with pytest.raises(InvalidArgument, match="identity"):
         ClientRound.restore(state, IdentityKey.generate())
     with pytest.raises(MalformedMessage):
         ClientRound.restore(state[:-3], federation.identities[2])

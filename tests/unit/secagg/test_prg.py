@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privacy.secagg import InvalidInput, add_masked, ring_dtype
+from privacy.secagg import InvalidArgument, add_masked, ring_dtype
 from privacy.secagg.prg import (
     CHUNK_BYTES,
     MaskPurpose,
@@ -78,11 +78,11 @@ def test_mask_keys_are_separated_by_federation_round_and_purpose() -> None:
 
 
 def test_bad_mask_parameters_are_refused() -> None:
-    with pytest.raises(InvalidInput, match="32 bytes"):
+    with pytest.raises(InvalidArgument, match="32 bytes"):
         mask_key(b"short", "fed", 1, MaskPurpose.SELF)
-    with pytest.raises(InvalidInput, match="sign"):
+    with pytest.raises(InvalidArgument, match="sign"):
         MaskStream(KEY, 0)
-    with pytest.raises(InvalidInput, match=">= 0"):
+    with pytest.raises(InvalidArgument, match=">= 0"):
         apply_masks(np.zeros(4, dtype=np.uint32), -1, [])
 
 
@@ -90,15 +90,15 @@ def test_add_masked_wraps_and_checks_its_arguments() -> None:
     acc = np.array([2**32 - 1, 5], dtype=np.uint32)
     add_masked(acc, np.array([2, 1], dtype=np.uint32))
     np.testing.assert_array_equal(acc, [1, 6])
-    with pytest.raises(InvalidInput, match="dtype"):
+    with pytest.raises(InvalidArgument, match="dtype"):
         add_masked(acc, np.array([2, 1], dtype=np.uint64))
-    with pytest.raises(InvalidInput, match="shape"):
+    with pytest.raises(InvalidArgument, match="shape"):
         add_masked(acc, np.array([2], dtype=np.uint32))
-    with pytest.raises(InvalidInput, match="uint32 or uint64"):
+    with pytest.raises(InvalidArgument, match="uint32 or uint64"):
         add_masked(np.zeros(2), np.zeros(2))
     frozen = np.zeros(2, dtype=np.uint32)
     frozen.flags.writeable = False
-    with pytest.raises(InvalidInput, match="writeable"):
+    with pytest.raises(InvalidArgument, match="writeable"):
         add_masked(frozen, np.zeros(2, dtype=np.uint32))
 
 

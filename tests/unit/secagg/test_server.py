@@ -11,7 +11,7 @@ import pytest
 from privacy.secagg import (
     BadSignature,
     ConsistencySignature,
-    InvalidInput,
+    InvalidArgument,
     InvalidShare,
     MaskedInput,
     ProtocolViolation,
@@ -87,7 +87,7 @@ def test_every_stage_closes_again_with_the_same_result(finished) -> None:
     ],
 )
 def test_bad_slices_are_refused(finished, args, message) -> None:
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(InvalidArgument, match=message):
         unmask_slice(finished[2], *args)
 
 
@@ -95,9 +95,9 @@ def test_bad_uploads_are_refused_on_receipt(finished) -> None:
     progress = finished[0]
     config, u2 = progress.config, [m.sender for m in progress.share_messages]
     upload = progress.uploads[1]
-    with pytest.raises(InvalidInput, match="shape"):
+    with pytest.raises(InvalidArgument, match="shape"):
         check_masked_input(config, u2, MaskedInput(upload.round_id, 1, upload.vector[:-1]))
-    with pytest.raises(InvalidInput, match="dtype"):
+    with pytest.raises(InvalidArgument, match="dtype"):
         check_masked_input(
             config, u2, MaskedInput(upload.round_id, 1, upload.vector.astype(np.uint64))
         )
@@ -166,7 +166,7 @@ def test_mixed_up_arguments_are_typed_errors(finished) -> None:
         lambda: progress.config.participant(True),
     ]
     for call in calls:
-        with pytest.raises(InvalidInput):
+        with pytest.raises(InvalidArgument):
             call()
 
 

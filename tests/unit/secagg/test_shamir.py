@@ -7,7 +7,7 @@ import sympy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privacy.secagg import InvalidInput, InvalidShare, ThresholdNotMet
+from privacy.secagg import InvalidArgument, InvalidShare, ThresholdNotMet
 from privacy.secagg.shamir import PRIME, reconstruct_secret, split_secret
 
 
@@ -67,5 +67,5 @@ def test_out_of_field_share_is_invalid() -> None:
     ],
 )
 def test_bad_sharing_parameters_are_refused(secret, holders, threshold, message) -> None:
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(InvalidArgument, match=message):
         split_secret(secret, holders, threshold)
