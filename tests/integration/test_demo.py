@@ -132,7 +132,9 @@ def _demo_serving(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
             assert "heart_disease" in signed.text
             ledger = browser.get("/console/federations/heart_disease/ledger")
             assert ledger.status_code == 200
-            assert "Every reported ε agrees with the recomputation" in ledger.text
+            assert 'aria-label="Cumulative ε per institution' in ledger.text
+            for hospital in ("cleveland", "hungarian", "switzerland", "va"):
+                assert f"<td>{hospital}</td>" in ledger.text
         assert demo.poll() is None  # still serving
     finally:
         demo.send_signal(signal.SIGINT)
