@@ -59,7 +59,7 @@ def build_document(
 ) -> ReportDocument:
     """Everything the report states, read from the ledger and the audit log."""
     _, lines = institution_lines(session, federation, 1, with_spend=False, size=1_000_000)
-    points = ledger_points(session, federation, since=since, until=until)
+    points = ledger_points(session, federation, since=since, until=until, times=True)
     per: dict[str, list[LedgerPoint]] = defaultdict(list)
     for point in points:
         per[point.institution].append(point)
@@ -76,7 +76,7 @@ def build_document(
                 history=[
                     SpendLine(
                         round=p.round_number,
-                        recorded_at=p.recorded_at,
+                        recorded_at=_recorded(p),
                         noise_multiplier=p.noise_multiplier,
                         sample_rate=p.sample_rate,
                         steps=p.steps,
@@ -110,6 +110,11 @@ def build_document(
             reason=chain.reason,
         ),
     )
+
+
+def _recorded(point: LedgerPoint) -> datetime:
+    assert point.recorded_at is not None  # read with times=True
+    return point.recorded_at
 
 
 def _b64(raw: bytes) -> str:

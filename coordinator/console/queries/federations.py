@@ -188,37 +188,48 @@ def institution_lines(
 
 
 def latest_spend(session: Session, institution_ids: Sequence[int]) -> dict[int, Spend]:
-    """Each institution's latest ledger entry and its count of flagged mismatches."""
+    """Each institution's latest ledger entry and its count of flagged mismatches.
+
+    The latest entry is the one of the highest round id: a federation's rounds are created
+    one after the other (one open round at a time), so ids grow with round numbers.
+    """
     if not institution_ids:
         return {}
     per = (
         sa.select(
             PrivacySpend.institution_id.label("institution_id"),
-            sa.func.max(Round.number).label("number"),
+            sa.func.max(PrivacySpend.round_id).label("round_id"),
             sa.func.sum(sa.case((PrivacySpend.mismatch.is_(True), 1), else_=0)).label("bad"),
         )
-        .join(Round, PrivacySpend.round_id == Round.id)
         .where(PrivacySpend.institution_id.in_(institution_ids))
         .group_by(PrivacySpend.institution_id)
         .subquery()
     )
     query = (
-        sa.select(PrivacySpend, Round.number, per.c.bad)
-        .join(Round, PrivacySpend.round_id == Round.id)
+        sa.select(
+            PrivacySpend.institution_id,
+            Round.number,
+            PrivacySpend.reported_epsilon,
+            PrivacySpend.recomputed_epsilon,
+            PrivacySpend.budget_epsilon,
+            per.c.bad,
+        )
         .join(
             per,
             sa.and_(
-                per.c.institution_id == PrivacySpend.institution_id, per.c.number == Round.number
+                per.c.institution_id == PrivacySpend.institution_id,
+                per.c.round_id == PrivacySpend.round_id,
             ),
         )
+        .join(Round, PrivacySpend.round_id == Round.id)
     )
     return {
-        spend.institution_id: Spend(
+        institution_id: Spend(
             round_number=number,
-            reported_epsilon=spend.reported_epsilon,
-            recomputed_epsilon=spend.recomputed_epsilon,
-            budget_epsilon=spend.budget_epsilon,
+            reported_epsilon=reported,
+            recomputed_epsilon=recomputed,
+            budget_epsilon=budget,
             mismatches=int(bad or 0),
         )
-        for spend, number, bad in session.execute(query)
+        for institution_id, number, reported, recomputed, budget, bad in session.execute(query)
     }
