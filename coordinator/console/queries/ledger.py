@@ -42,7 +42,7 @@ class LedgerPoint:
 _COLUMNS: Final = (
     Institution.name,
     Round.number,
-    PrivacySpend.accountant,
+    sa.type_coerce(PrivacySpend.accountant, sa.String),  # its value, unconverted (fast)
     PrivacySpend.noise_multiplier,
     PrivacySpend.sample_rate,
     PrivacySpend.steps,
@@ -65,10 +65,7 @@ def _ledger_query(federation: Federation, *, times: bool = False) -> sa.Select[*
 
 
 def _points(session: Session, query: sa.Select[*tuple[Any, ...]]) -> list[LedgerPoint]:
-    return [
-        LedgerPoint(name, number, str(accountant), *rest)
-        for name, number, accountant, *rest in session.execute(query)
-    ]
+    return [LedgerPoint(*row) for row in session.execute(query)]
 
 
 def ledger_points(
