@@ -1,12 +1,20 @@
 """Per-task evaluation on the local validation split.
 
-Binary: AUC (ties averaged; left out when the split holds a single class), accuracy at
-0.5, balanced accuracy (the mean of the recalls of the two classes, so that predicting
-the majority class scores 0.5 whatever the prevalence) and the expected calibration error
-(ECE). Multiclass: accuracy, balanced accuracy (mean recall over the classes present),
-macro one-vs-rest AUC over the classes present and ECE. Regression: MAE and RMSE in the
-label's original units (the scaling is undone). Every task also reports its loss and `n`,
-the number of labelled validation samples.
+Two products, for two audiences:
+
+- `evaluate_split`: the institution's own metrics, exact, for its logs and the benchmarks
+  (they never leave the institution by themselves). Binary: AUC (ties averaged; left out
+  when the split holds a single class), accuracy at 0.5, balanced accuracy (the mean of the
+  recalls of the two classes, so that predicting the majority class scores 0.5 whatever the
+  prevalence) and the expected calibration error (ECE). Multiclass: accuracy, balanced
+  accuracy (mean recall over the classes present), macro one-vs-rest AUC over the classes
+  present and ECE. Regression: MAE and RMSE in the label's original units (the scaling is
+  undone). Every task also reports its loss and `n`, the number of labelled validation
+  samples.
+- `split_statistics`: the task-wise statistics of `federation.metrics` that go into the
+  masked update, from which the coordinator learns only federation-wide metrics (and,
+  where the institution opts in, the metrics it sends in clear). The same metrics but
+  AUC (binned there) and regression errors (scaled units there) come out equal.
 
 ECE is the top-label expected calibration error over `CALIBRATION_BINS` equal-width bins
 of the predicted class's probability (Guo et al. 2017, "On Calibration of Modern Neural
@@ -28,13 +36,17 @@ from torch import nn
 
 from agent.data import LabelScale, SplitTensors
 from agent.loss import task_losses
+from federation import metrics as sums
 from federation.spec import FederationSpec, TaskKind
 
 Metrics = dict[str, dict[str, float]]
-#: Equal-width confidence bins of the ECE (15, as Guo et al. 2017).
-CALIBRATION_BINS: Final = 15
+#: Equal-width confidence bins of the ECE (15, as Guo et al. 2017), the same on both sides.
+CALIBRATION_BINS: Final = sums.CALIBRATION_BINS
 #: Samples per forward pass when evaluating a split.
 EVAL_CHUNK: Final = 1024
+#: Seed of the fixed subsample of a task's validation samples when there are more than
+#: `federation.metrics.VALIDATION_SAMPLES_MAX` (the same samples every round).
+SUBSAMPLE_SEED: Final = 0
 
 
 def auc(scores: NDArray[np.float64], positives: NDArray[np.bool_]) -> float | None:
@@ -124,6 +136,16 @@ def task_metrics(
     return result
 
 
+def split_outputs(model: nn.Module, split: SplitTensors) -> dict[str, torch.Tensor]:
+    """Every task's raw output on a (non-empty) split, computed in chunks: the split may be
+    images streamed from disk, or simply large."""
+    chunks = [
+        model(split.features[torch.arange(start, min(start + EVAL_CHUNK, len(split)))])
+        for start in range(0, len(split), EVAL_CHUNK)
+    ]
+    return {name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]}
+
+
 @torch.no_grad()
 def evaluate_split(
     spec: FederationSpec,
@@ -136,14 +158,7 @@ def evaluate_split(
     model.eval()
     if len(split) == 0:
         return {}
-    # In chunks: the split may be images streamed from disk, or simply large.
-    chunks = [
-        model(split.features[torch.arange(start, min(start + EVAL_CHUNK, len(split)))])
-        for start in range(0, len(split), EVAL_CHUNK)
-    ]
-    outputs: dict[str, torch.Tensor] = {
-        name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]
-    }
+    outputs = split_outputs(model, split)
     losses = task_losses(spec, outputs, split.labels, split.masks)
     metrics: Metrics = {}
     for task in tasks:
@@ -161,12 +176,55 @@ def evaluate_split(
     return metrics
 
 
+def counted_samples(mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+    """Indices of the labelled samples a task's statistics count: all of them, or a fixed
+    subsample of `VALIDATION_SAMPLES_MAX` (chosen without looking at the data)."""
+    labelled = np.flatnonzero(mask)
+    cap = sums.VALIDATION_SAMPLES_MAX
+    if len(labelled) <= cap:
+        return labelled.astype(np.int64)
+    keep = np.random.default_rng(SUBSAMPLE_SEED).permutation(len(labelled))[:cap]
+    return np.sort(labelled[keep]).astype(np.int64)
+
+
+@torch.no_grad()
+def split_statistics(
+    spec: FederationSpec,
+    model: nn.Module,
+    split: SplitTensors,
+    tasks: tuple[str, ...],
+) -> dict[str, sums.Statistics]:
+    """Per task in `tasks` with labelled samples in `split`: its `federation.metrics`
+    statistics (labels in the model's units; regression errors stay scaled)."""
+    model.eval()
+    if len(split) == 0:
+        return {}
+    outputs = split_outputs(model, split)
+    losses = task_losses(spec, outputs, split.labels, split.masks)
+    out: dict[str, sums.Statistics] = {}
+    for task in tasks:
+        mask = split.masks[task].cpu().numpy().astype(bool)
+        index = torch.from_numpy(counted_samples(mask)).to(outputs[task].device)
+        if len(index) == 0:
+            continue
+        out[task] = sums.evaluate(
+            spec.task(task),
+            outputs[task][index].double().cpu().numpy(),
+            split.labels[task][index].double().cpu().numpy(),
+            losses[task][index].double().cpu().numpy(),
+        )
+    return out
+
+
 __all__ = [
     "CALIBRATION_BINS",
     "Metrics",
     "auc",
     "balanced_accuracy",
+    "counted_samples",
     "evaluate_split",
     "expected_calibration_error",
+    "split_outputs",
+    "split_statistics",
     "task_metrics",
 ]

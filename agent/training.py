@@ -27,10 +27,11 @@ from numpy.typing import NDArray
 
 from agent.data import LocalDataset
 from agent.errors import ConfigError, DataError, TrainingError
-from agent.evaluation import Metrics, evaluate_split
+from agent.evaluation import Metrics, evaluate_split, split_statistics
 from agent.image_data import StreamedImages
 from agent.loss import multitask_loss, per_sample_loss
 from federation.layout import ParameterLayout
+from federation.metrics import Statistics
 from federation.model import MultiTaskModel, build_model, load_model_vector, model_vector
 from federation.spec import FederationSpec, TaskBalancing
 from privacy.dp import (
@@ -192,6 +193,12 @@ class LocalTrainer:
             self._validation,
             self.dataset.tasks_held,
             self.dataset.label_scales,
+        )
+
+    def statistics(self, global_vector: NDArray[np.generic]) -> dict[str, Statistics]:
+        """The task-wise validation statistics that go into the masked update."""
+        return split_statistics(
+            self.spec, self._model(global_vector), self._validation, self.dataset.tasks_held
         )
 
     def evaluate_train(self, global_vector: NDArray[np.generic]) -> Metrics:

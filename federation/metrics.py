@@ -312,6 +312,35 @@ class TaskMetrics:
     values: dict[str, float] = field(default_factory=dict)
     #: |binned AUC - exact AUC| is at most this (None where AUC is undefined).
     auc_error_bound: float | None = None
+    #: Why there are no metrics although samples were counted: the summed counts do not fit
+    #: together (some participant sent statistics no evaluation produces).
+    problem: str | None = None
+
+
+def _check_counts(task: TaskSpec, stats: Statistics, n: int) -> str | None:
+    """What an honest sum always satisfies; the first rule broken, or None."""
+    for s in task_statistics(task):
+        if s.kind is StatisticKind.COUNT and np.any(np.asarray(stats[s.name]) < 0):
+            return f"negative {s.name}"
+    if int(stats["institutions"][0]) < 1:
+        return "samples without an institution"
+    if task.kind is TaskKind.REGRESSION:
+        return None
+    counts = np.asarray(stats["class_count"], dtype=np.int64)
+    correct = np.asarray(stats["class_correct"], dtype=np.int64)
+    hist = np.asarray(stats["score_hist"], dtype=np.int64).reshape(-1, 2, SCORE_BINS)
+    confidence = np.asarray(stats["confidence_count"], dtype=np.int64)
+    confident = np.asarray(stats["confidence_correct"], dtype=np.int64)
+    positives = counts[1:] if task.kind is TaskKind.BINARY else counts
+    if int(counts.sum()) != n or np.any(correct > counts):
+        return "class counts do not add up to n"
+    if np.any(hist.sum(axis=(1, 2)) != n) or np.any(hist[:, 1].sum(axis=1) != positives):
+        return "score histograms do not match the class counts"
+    if int(confidence.sum()) != n or np.any(confident > confidence):
+        return "confidence bins do not add up to n"
+    if int(confident.sum()) != int(correct.sum()):
+        return "confidence bins do not match the correct count"
+    return None
 
 
 def binned_auc(
@@ -337,12 +366,21 @@ def task_metrics(task: TaskSpec, stats: Statistics) -> TaskMetrics:
     """
     n = int(stats["n"][0])
     institutions = int(stats["institutions"][0])
-    if n <= 0:
-        return TaskMetrics(0, institutions)
-    values = {"loss": float(stats["loss"][0]) / n}
+    if n == 0 and institutions == 0:
+        return TaskMetrics(0, 0)
+    problem = "no samples counted" if n <= 0 else _check_counts(task, stats, n)
+    if problem is not None:
+        return TaskMetrics(0, institutions, problem=problem)
+
+    def mean(name: str, clip: float) -> float:
+        # A sum carries fixed-point error (and a dishonest participant's skew): keep it
+        # within what n samples can give.
+        return min(max(float(stats[name][0]) / n, 0.0), clip)
+
+    values = {"loss": mean("loss", LOSS_CLIP)}
     if task.kind is TaskKind.REGRESSION:
-        values["mae"] = float(stats["abs_error"][0]) / n
-        values["rmse"] = math.sqrt(max(float(stats["sq_error"][0]), 0.0) / n)
+        values["mae"] = mean("abs_error", ERROR_CLIP)
+        values["rmse"] = math.sqrt(mean("sq_error", ERROR_CLIP**2))
         return TaskMetrics(n, institutions, values)
     counts = np.asarray(stats["class_count"], dtype=np.int64)
     correct = np.asarray(stats["class_correct"], dtype=np.int64)
@@ -356,10 +394,9 @@ def task_metrics(task: TaskSpec, stats: Statistics) -> TaskMetrics:
     if defined:
         values["auc"] = float(np.mean([a for a, _ in defined]))
         bound = float(np.mean([b for _, b in defined]))
-    gap = np.abs(
-        np.asarray(stats["confidence_correct"], dtype=np.float64)
-        - np.asarray(stats["confidence_sum"], dtype=np.float64)
-    )
+    confidence_count = np.asarray(stats["confidence_count"], dtype=np.float64)
+    confidence_sum = np.clip(np.asarray(stats["confidence_sum"]), 0.0, confidence_count)
+    gap = np.abs(np.asarray(stats["confidence_correct"], dtype=np.float64) - confidence_sum)
     values["ece"] = float(gap.sum()) / n
     return TaskMetrics(n, institutions, values, bound)
 

@@ -17,8 +17,12 @@ METRIC_NAME_PATTERN: Final = r"^[a-z][a-z0-9_]{0,31}$"
 class TaskMetric(Base):
     """One metric of the global model on one task, as evaluated at the start of a round.
 
-    `institution_id` is the institution whose validation split it was measured on; none
-    means the federation-wide figure (a sample-weighted mean over the reporting agents).
+    `institution_id` is the institution whose validation split it was measured on, sent in
+    clear because that institution opted in; none means the federation-wide figure,
+    computed from the secure-aggregation sum of every survivor's validation statistics
+    (`federation.metrics`): the metric over the union of their validation splits, with
+    `n_samples` samples from `institutions` institutions behind it. No institution's own
+    size is stored: a per-institution row has no `n_samples`.
     """
 
     __tablename__ = "task_metrics"
@@ -35,4 +39,5 @@ class TaskMetric(Base):
     metric: Mapped[str] = mapped_column(sa.String(32))
     value: Mapped[float] = mapped_column(sa.Float)
     n_samples: Mapped[int | None] = mapped_column(sa.Integer)
+    institutions: Mapped[int | None] = mapped_column(sa.Integer)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -9,13 +9,14 @@ as a blob. A worker killed mid-slice leaves the lease to expire, after which the
 the slice again; a slice done twice writes the same bytes (blobs are write-once and accept
 identical content). The last slice to finish sends `finish`, which decodes the sum, applies
 the federation's strategy (`federation.aggregation.apply_sums`), stores the new model
-version, records task-wise results and privacy spend, and completes the round.
+version, records the federation-wide task-wise results (from the summed validation
+statistics), the per-institution ones institutions opted to send, and the privacy spend,
+and completes the round.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from datetime import timedelta
 
 import numpy as np
@@ -34,7 +35,11 @@ from coordinator.model_versions.service import (
     model_blob_key,
     store_model_version,
 )
-from coordinator.results.service import MetricValue, record_task_metrics
+from coordinator.results.service import (
+    MetricValue,
+    record_federation_metrics,
+    record_task_metrics,
+)
 from coordinator.rounds import engine, service, state
 from coordinator.rounds.followups import FINISH_TASK, Followup
 from coordinator.rounds.models import (
@@ -50,6 +55,7 @@ from coordinator.runtime import Runtime
 from federation.aggregation import ServerState, apply_sums
 from federation.errors import FederationError
 from federation.layout import ParameterLayout
+from federation.metrics import federation_metrics
 from federation.round_api import masked_slice_range, update_codec
 from privacy.secagg import SecAggError, add_masked, ring_dtype, unmask_slice
 
@@ -186,6 +192,7 @@ def finish(runtime: Runtime, round_id: int) -> list[Followup]:
                 except BlobNotFound:
                     server_state = ServerState()
             new_vector, new_state, report = apply_sums(spec, global_vector, sums, server_state)
+            found = federation_metrics(spec, sums)
         except (SecAggError, FederationError) as exc:
             followups = engine.fail(session, round_, f"aggregating: {exc}")
             session.commit()
@@ -217,6 +224,7 @@ def finish(runtime: Runtime, round_id: int) -> list[Followup]:
         )
         survivors = set(plan.survivors)
         _record_results(session, round_, survivors)
+        record_federation_metrics(session, round_, found)
         for participant in round_.participants:
             if participant.secagg_id in survivors:
                 participant.status = ParticipantStatus.COMPLETED
@@ -246,10 +254,9 @@ def finish(runtime: Runtime, round_id: int) -> list[Followup]:
 
 
 def _record_results(session: sa.orm.Session, round_: Round, survivors: set[int]) -> None:
-    """Per-institution metrics of the survivors, their averages, and everyone's spend."""
+    """Everyone's spend, and the metrics survivors that opted in sent in clear."""
     reports = state.training_reports(session, round_)
     by_id = {p.id: p for p in round_.participants}
-    totals: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
     for participant_id, report in sorted(reports.items()):
         participant = by_id[participant_id]
         institution = session.get_one(Institution, participant.institution_id)
@@ -273,21 +280,9 @@ def _record_results(session: sa.orm.Session, round_: Round, survivors: set[int])
         if participant.secagg_id not in survivors:
             continue
         values = [
-            MetricValue(task, metric, value, task_report.n_validation or None)
+            MetricValue(task, metric, value)
             for task, task_report in sorted(report.tasks.items())
             for metric, value in sorted(task_report.metrics.items())
         ]
         if values:
             record_task_metrics(session, round_, values, actor=actor, institution=institution)
-        for value in values:
-            totals[(value.task, value.metric)].append((value.value, value.n_samples or 0))
-    averages = []
-    for (task, metric), items in sorted(totals.items()):
-        weight = sum(n for _, n in items)
-        if weight > 0:
-            mean = sum(v * n for v, n in items) / weight
-        else:
-            mean = sum(v for v, _ in items) / len(items)
-        averages.append(MetricValue(task, metric, mean, weight or None))
-    if averages:
-        record_task_metrics(session, round_, averages, actor=audit.SYSTEM)
