@@ -22,6 +22,7 @@
     epsilon = 3.0
     delta = 1e-5
     accountant = "rdp"                  # or "prv"
+    # share_own_metrics = false         # true: also send its own validation metrics in clear
 
     [training]
     device = "auto"                     # auto | cpu | cuda
@@ -118,6 +119,15 @@ class PrivacySection(_Section):
     delta: float = Field(default=1e-5, gt=0.0, lt=1.0, description="The δ of the (ε, δ) budget.")
     accountant: Literal["rdp", "prv"] = Field(
         default="rdp", description="Privacy accountant over the whole history: rdp or prv."
+    )
+    share_own_metrics: bool = Field(
+        default=False,
+        description="Also send this institution's own validation metrics of each round's "
+        "global model in clear (the coordinator then stores and shows them per institution). "
+        "Off: they only enter the federation-wide sums inside the masked update. The "
+        "coordinator chooses the model evaluated, so a crafted model can read single "
+        "validation records out of an institution's own metrics: turn this on only where "
+        "the institution accepts that.",
     )
 
     @field_validator("epsilon", "delta")

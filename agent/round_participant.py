@@ -240,13 +240,11 @@ class RoundParticipant:
             else:
                 masked = MaskedInput(config.digest, a.participant_id, encoded)
                 client_state = state.client_state
+            # What leaves in clear (docs/rounds.md): the spend, and the institution's own
+            # metrics only where it opted in (`LocalWork` leaves them empty otherwise).
             report = TrainingReport(
-                tasks={
-                    task: TaskReport(metrics=values, n_validation=local.n_validation.get(task, 0))
-                    for task, values in local.metrics.items()
-                },
+                tasks={task: TaskReport(metrics=values) for task, values in local.metrics.items()},
                 spend=local.spend,
-                train_samples=local.train_samples,
                 clipped=local.contribution.clipped,
             )
             state = self._save(

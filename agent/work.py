@@ -10,9 +10,11 @@
   federation without DP: the round is declined with reason "budget" (the participant
   tells the coordinator) and the ledger and the log say why. The plan is stored in the
   ledger, so a restarted agent trains with exactly the plan it checked.
-- `train`: evaluates the global model per task on the local validation split, trains
-  (DP-SGD through `agent.training.LocalTrainer`), turns the result into the round's
-  update segments (`federation.aggregation.local_contribution`), and records the spend.
+- `train`: evaluates the global model per task on the local validation split (its
+  statistics go into the update, `federation.metrics`; its own metrics are logged locally
+  and sent in clear only with `privacy.share_own_metrics`), trains (DP-SGD through
+  `agent.training.LocalTrainer`), turns the result into the round's update segments
+  (`federation.aggregation.local_contribution`), and records the spend.
 
 Crash safety, in this order: the trained result is saved in the encrypted round-state
 store, *then* the spend is recorded in the ledger (one transaction), *then* the result is
@@ -46,6 +48,7 @@ from agent.personal import FineTune, Personaliser, PersonalSettings, PersonalSta
 from agent.round_state import RoundStateStore
 from agent.training import LocalTrainer
 from federation.aggregation import Contribution, local_contribution
+from federation.metrics import Statistics, task_metrics
 from federation.round_api import DECLINE_BUDGET, RoundAssignment, SpendReport
 from federation.wire import AgentProfile
 from privacy.dp import Accountant, BudgetExceeded, RoundPlan, check_round, noise_for_budget
@@ -305,7 +308,7 @@ class AgentWork:
         before = personaliser.state
         # The federated model: the global one, with this institution's heads under FedPer.
         federated = personaliser.federated_vector(global_vector)
-        metrics = self.trainer.evaluate(federated)
+        metrics = self.trainer.evaluate(federated)  # exact, original units: local only
         _log.info("global_model_validation", extra={"fields": {"round": number, **_flat(metrics)}})
         personal = personaliser.evaluate(global_vector) if personaliser.active else None
         if personal is not None:
@@ -317,6 +320,8 @@ class AgentWork:
             MODEL_METRICS_MEMO,
             {"federation": federation, "round": number, "global": metrics, "personal": personal},
         )
+        # What enters the masked update: the same evaluation as sums (federation.metrics).
+        statistics = self.trainer.statistics(federated)
         started = time.monotonic()
         event(_log, "training_started", round=number, steps=plan.steps)
         with self._progress(number, plan.steps) as progress:
@@ -330,6 +335,7 @@ class AgentWork:
             outcome.local_vector,
             train_samples=outcome.train_samples,
             labelled=outcome.labelled,
+            statistics=statistics,
         )
         accountant.record(outcome.noise_multiplier, outcome.sample_rate, outcome.steps)
         spend = SpendReport(
@@ -343,10 +349,8 @@ class AgentWork:
         )
         result = LocalResult(
             contribution=contribution,
-            metrics=metrics,
+            metrics=self._own_metrics(statistics),
             spend=spend,
-            n_validation={task: self.dataset.labelled_validation.get(task, 0) for task in metrics},
-            train_samples=outcome.train_samples,
         )
         self.store.save(key, encode_result(result))  # 1. the result, encrypted
         self._record(federation, number, spend, accountant)  # 2. the spend
@@ -394,6 +398,16 @@ class AgentWork:
     def _save_personal(self, federation: str, before: PersonalState, after: PersonalState) -> None:
         self.store.save(personal_key(federation, "previous"), before.to_bytes())
         self.store.save(personal_key(federation, "current"), after.to_bytes())
+
+    def _own_metrics(self, statistics: dict[str, Statistics]) -> dict[str, dict[str, float]]:
+        """The metrics sent in clear: none, unless the institution opted in; then the very
+        figures the federation-wide ones are made of (`federation.metrics.task_metrics`)."""
+        if not self.config.privacy.share_own_metrics:
+            return {}
+        return {
+            task: task_metrics(self.spec.task(task), values).values
+            for task, values in statistics.items()
+        }
 
     def _record(
         self,

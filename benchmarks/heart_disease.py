@@ -40,7 +40,7 @@ import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run by path: make the repository root importable
@@ -56,6 +56,7 @@ from agent.mapping import DataMapping
 from agent.training import LocalTrainer
 from federation.aggregation import ServerState, apply_sums, local_contribution
 from federation.layout import ParameterLayout
+from federation.metrics import Statistics, pooled, task_metrics
 from federation.model import build_model, model_vector
 from federation.spec import FederationSpec
 from privacy.dp import Accountant
@@ -110,6 +111,10 @@ class FederatedRun:
     metrics: dict[str, Metrics]
     epsilon: dict[str, float]
     clipped: int
+    #: task -> metric -> value: federation-wide metrics of the model the last round started
+    #: from, over the union of the held-out splits (`federation.metrics`, what the service
+    #: records from the secure sums for that round).
+    federation_wide: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def run_federated(
@@ -128,8 +133,10 @@ def run_federated(
     vector = model_vector(build_model(spec), ParameterLayout.model(spec))
     state = ServerState()
     clipped = 0
+    wide: dict[str, dict[str, float]] = {}
     for done in range(rounds):
         sums: dict[str, NDArray[np.float64]] = {}
+        wide = federation_wide(spec, [trainer.statistics(vector) for trainer in trainers.values()])
         for name, trainer in trainers.items():
             accountant = accountants[name]
             if dp:
@@ -156,7 +163,23 @@ def run_federated(
         metrics={name: trainer.evaluate(vector) for name, trainer in trainers.items()},
         epsilon={name: acc.epsilon(delta) for name, acc in accountants.items()},
         clipped=clipped,
+        federation_wide=wide,
     )
+
+
+def federation_wide(
+    spec: FederationSpec, per_hospital: Sequence[Mapping[str, Statistics]]
+) -> dict[str, dict[str, float]]:
+    """Federation-wide metrics of the hospitals' pooled validation statistics."""
+    out = {}
+    for task in spec.tasks:
+        parts = [stats[task.name] for stats in per_hospital if task.name in stats]
+        found = task_metrics(task, pooled(task, parts))
+        if found.n:
+            out[task.name] = dict(found.values)
+            if found.auc_error_bound is not None:
+                out[task.name]["auc_error_bound"] = found.auc_error_bound
+    return out
 
 
 def run_inprocess(

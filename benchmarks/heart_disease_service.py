@@ -19,6 +19,13 @@ what differs is only what the service adds — the fixed-point encoding of each 
 secure aggregation and the float32 storage of model versions — and the table shows each
 metric's difference.
 
+A second table compares the **federation-wide** figures: those the coordinator recorded for
+the last round, computed from the secure sum of the four hospitals' validation statistics
+(`federation.metrics`; no hospital's own metric leaves it), against the same metrics of the
+in-process model the last round started from, computed from the hospitals' statistics
+summed in plain (`benchmarks.heart_disease.run_federated`). Counts are exact on both sides,
+so what differs is the model (fixed point, float32) and the fixed-point sums.
+
 Seeds follow the in-process convention: the seed sets the initial model, every hospital's
 train/validation split, and hospital i's training seed (seed * 100 + i).
 """
@@ -58,6 +65,14 @@ class ServiceRun:
     @property
     def wall_s(self) -> float:
         return self.record.wall_s or math.nan
+
+    def federation_wide(self, round_number: int) -> dict[str, dict[str, float]]:
+        """task -> metric -> value the coordinator recorded federation-wide for a round."""
+        out: dict[str, dict[str, float]] = {}
+        for item in self.record.results:
+            if item.round == round_number and item.institution is None:
+                out.setdefault(item.task, {})[item.metric] = item.value
+        return out
 
 
 def evaluate_final_model(run_dir: Path, seed: int) -> dict[str, dict[str, dict[str, float]]]:
@@ -131,13 +146,42 @@ def comparison_table(
     return table
 
 
+def federation_wide_table(
+    inprocess: Mapping[str, Mapping[str, float]],
+    service: Mapping[str, Mapping[str, float]],
+    *,
+    title: str,
+) -> tuple[Table, float]:
+    """Both runs' federation-wide figures side by side, and the largest difference."""
+    table = Table(title=title)
+    for column in ("task", "metric", "in-process", "service (secure sums)", "difference"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    largest = 0.0
+    for task in sorted(set(inprocess) | set(service)):
+        left, right = inprocess.get(task, {}), service.get(task, {})
+        for metric in sorted(set(left) | set(right)):
+            a, b = left.get(metric), right.get(metric)
+            diff = ""
+            if a is not None and b is not None:
+                diff = f"{b - a:+.1e}"
+                largest = max(largest, abs(b - a))
+            table.add_row(
+                task,
+                metric,
+                "-" if a is None else f"{a:.4f}",
+                "-" if b is None else f"{b:.4f}",
+                diff,
+            )
+    return table, largest
+
+
 def main_service(
     seeds: list[int] | None, rounds: int | None, epsilon: float, *, quick: bool = False
 ) -> int:
     """Both runs per seed, side by side; the last line compares disease AUC."""
     import torch
 
-    from benchmarks.heart_disease import HEADLINE, HOSPITALS, load_example, run_inprocess
+    from benchmarks.heart_disease import HEADLINE, HOSPITALS, load_example, run_federated
 
     console = Console()
     seeds = seeds or [0]
@@ -147,10 +191,12 @@ def main_service(
     task, metric = HEADLINE
     pairs: list[tuple[float, float]] = []
     gaps: list[float] = []
+    wide_gaps: list[float] = []
     with TemporaryDirectory(prefix="fmtl-service-") as scratch:
         for seed in seeds:
             started = time.perf_counter()
-            inprocess = run_inprocess(spec, mappings, rounds, epsilon, seed)
+            federated = run_federated(spec, mappings, rounds, epsilon, seed)
+            inprocess = federated.metrics
             inprocess_s = time.perf_counter() - started
             service = run_service(
                 rounds=rounds, epsilon=epsilon, seed=seed, out=Path(scratch) / f"seed-{seed}",
@@ -167,6 +213,14 @@ def main_service(
                     hospitals=list(HOSPITALS),
                 )
             )
+            wide, largest = federation_wide_table(
+                federated.federation_wide,
+                service.federation_wide(rounds),
+                title=f"seed {seed}: federation-wide metrics of round {rounds}'s global model "
+                "(regression errors in scaled label units)",
+            )
+            console.print(wide)
+            wide_gaps.append(largest)
             pairs.append((left[(task, metric)][AVERAGE], right[(task, metric)][AVERAGE]))
             gaps.extend(
                 abs(right[key][who] - value)
@@ -179,6 +233,7 @@ def main_service(
     print(
         f"heart_disease --service: {task}_{metric} inprocess={a:.3f} service={b:.3f} "
         f"difference={b - a:+.3f} largest_metric_difference={max(gaps):.1e} "
+        f"largest_federation_wide_difference={max(wide_gaps):.1e} "
         f"(seeds {seeds}, {rounds} rounds, epsilon {epsilon:g})"
     )
     return 0

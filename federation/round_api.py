@@ -277,10 +277,10 @@ class SpendReport(_Wire):
 
 
 class TaskReport(_Wire):
-    """One task's metrics of the *global* model on the agent's local validation split."""
+    """One task's metrics of the *global* model on the agent's local validation split, sent
+    only by an institution that opted in (`privacy.share_own_metrics`); never its size."""
 
     metrics: dict[MetricName, float] = Field(max_length=32)
-    n_validation: int = Field(default=0, ge=0)
 
     @field_validator("metrics")
     @classmethod
@@ -292,11 +292,12 @@ class TaskReport(_Wire):
 
 
 class TrainingReport(_Wire):
-    """Sent with (after) the masked update: per-task metrics and the DP spend."""
+    """Sent in clear with (after) the masked update: the DP spend, and the institution's own
+    per-task metrics where it opted in (empty by default: the federation-wide metrics come
+    from the validation statistics inside the masked update). No exact size leaves."""
 
     tasks: dict[Name, TaskReport] = Field(default_factory=dict, max_length=64)
     spend: SpendReport | None = None
-    train_samples: int = Field(default=0, ge=0)
     clipped: int = Field(default=0, ge=0, description="Update coordinates clipped.")
 
 

@@ -1,7 +1,9 @@
 """Round-test helpers shared by unit and integration tests: a trivial `LocalWork`.
 
 `FixedDeltaWork` "trains" by adding a fixed vector to the global model, so a test knows
-exactly what each agent contributes and can compute the aggregate the coordinator must store.
+exactly what each agent contributes and can compute the aggregate the coordinator must store;
+its validation statistics come from a small made-up split per task held, so a test also
+knows the federation-wide metrics the coordinator must record (`expected_metrics`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agent.local_work import Decision, LocalResult
+from federation import metrics
 from federation.aggregation import Contribution, apply_sums, local_contribution
 from federation.layout import ParameterLayout
 from federation.round_api import RoundAssignment, SpendReport
-from federation.spec import FederationSpec
+from federation.spec import FederationSpec, TaskKind
 
 
 @dataclass
@@ -29,7 +32,26 @@ class FixedDeltaWork:
     train_samples: int = 10
     decline_reason: str | None = None
     accuracy: float = 0.75
+    #: Send its own metrics in clear, as an institution that opted in.
+    share_own_metrics: bool = False
+    seed: int = 0
     trained: list[int] = field(default_factory=list)  # round numbers trained
+
+    def statistics(self) -> dict[str, metrics.Statistics]:
+        """Validation statistics of a made-up split of 20 samples per task held."""
+        rng = np.random.default_rng(self.seed)
+        out = {}
+        for name, count in self.labelled.items():
+            if count <= 0:
+                continue
+            task = self.spec.task(name)
+            outputs = rng.normal(0.0, 2.0, (20, task.output_dim))
+            if task.kind is TaskKind.REGRESSION:
+                labels = rng.normal(0.0, 1.0, 20)
+            else:
+                labels = rng.integers(0, 2 if task.kind is TaskKind.BINARY else task.output_dim, 20)
+            out[name] = metrics.evaluate(task, outputs, labels, rng.uniform(0.0, 2.0, 20))
+        return out
 
     def decide(self, assignment: RoundAssignment) -> Decision:
         if self.decline_reason is not None:
@@ -43,6 +65,7 @@ class FixedDeltaWork:
             global_vector + self.delta,
             train_samples=self.train_samples,
             labelled=self.labelled,
+            statistics=self.statistics(),
         )
 
     def train(self, assignment: RoundAssignment, global_vector: NDArray[np.float64]) -> LocalResult:
@@ -50,7 +73,9 @@ class FixedDeltaWork:
         tasks = [task for task, count in self.labelled.items() if count > 0]
         return LocalResult(
             contribution=self.contribution(global_vector),
-            metrics={task: {"accuracy": self.accuracy} for task in tasks},
+            metrics={task: {"accuracy": self.accuracy} for task in tasks}
+            if self.share_own_metrics
+            else {},
             spend=SpendReport(
                 noise_multiplier=1.1,
                 sample_rate=0.01,
@@ -92,3 +117,16 @@ def expected_model(
     }
     new, _, _ = apply_sums(spec, global_vector, sums)
     return new
+
+
+def expected_metrics(
+    spec: FederationSpec, works: Sequence[FixedDeltaWork]
+) -> dict[str, metrics.TaskMetrics]:
+    """The federation-wide metrics of the works' pooled validation statistics."""
+    per_work = [work.statistics() for work in works]
+    return {
+        task.name: metrics.task_metrics(
+            task, metrics.pooled(task, [s[task.name] for s in per_work if task.name in s])
+        )
+        for task in spec.tasks
+    }

@@ -241,7 +241,8 @@ def results(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Task-wise results of the global model: per institution and averaged."""
+    """Task-wise results of the global model: federation-wide (from the secure sums), and
+    per institution where the institution opted in."""
     with _client(ctx) as client:
         items = client.results(federation, round_number)
         if as_json:

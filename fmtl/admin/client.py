@@ -100,12 +100,21 @@ class RoundInfo(_Out):
 
 
 class ResultInfo(_Out):
+    """A task-wise figure: federation-wide (`institution` none: from the secure sum of the
+    survivors' validation statistics, with `n_samples` from `institutions`) or one an
+    institution sent in clear because it opted in."""
+
     round: int
     task: str
     institution: str | None
     metric: str
     value: float
     n_samples: int | None = None
+    institutions: int | None = None
+
+    @property
+    def federation_wide(self) -> bool:
+        return self.institution is None
 
 
 class LedgerEntry(_Out):

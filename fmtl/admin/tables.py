@@ -23,11 +23,19 @@ from fmtl.admin.client import (
 
 #: Metrics where lower is better; the others (AUC, accuracy) are better higher.
 LOWER_IS_BETTER = frozenset({"mae", "rmse", "loss", "mse"})
-AVERAGE = "average"
-#: Not metrics: counts the agents report beside them (validation samples).
-NOT_METRICS = frozenset({"n"})
+#: The column of the figures computed from the secure sum of every survivor's statistics.
+FEDERATION_WIDE = "federation"
+#: Not metrics to show in their own row: the binned AUC's error bound goes beside the AUC.
+AUC_ERROR_BOUND = "auc_error_bound"
+NOT_METRICS = frozenset({"n", AUC_ERROR_BOUND})
 #: What the per-round results table leaves out by default (the report shows it).
 TERMINAL_HIDDEN = frozenset({"loss"})
+#: Says where each figure comes from, under every results table.
+RESULTS_CAPTION = (
+    "federation: federation-wide, over the union of the participants' validation splits, "
+    "from the secure sum of their statistics (n samples / institutions; AUC binned, ± its "
+    "largest error). Other columns: institutions that opted in to send their own in clear."
+)
 
 
 def _compact(title: str) -> Table:
@@ -127,53 +135,51 @@ def results_table(
     *,
     hide: frozenset[str] = TERMINAL_HIDDEN,
 ) -> Table:
-    """Task x metric rows; one column per institution, then their sample-weighted average.
-
-    Rows recorded federation-wide (institution = null) are shown as the average column when
-    present; otherwise the average is computed here, weighted by validation samples.
-    """
-    rows = [
-        item
-        for item in results
-        if item.round == round_number and item.metric not in NOT_METRICS | hide
-    ]
+    """Task x metric rows: the federation-wide figure, then one column per institution that
+    sent its own (opted in), and what the federation-wide figure rests on."""
+    chosen = [item for item in results if item.round == round_number]
+    bounds = {
+        item.task: item.value
+        for item in chosen
+        if item.federation_wide and item.metric == AUC_ERROR_BOUND
+    }
+    rows = [item for item in chosen if item.metric not in NOT_METRICS | hide]
     institutions = sorted({item.institution for item in rows if item.institution is not None})
-    cells: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
-    weights: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    cells: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    behind: dict[str, str] = {}
     for item in rows:
         key = (item.task, item.metric)
-        who = AVERAGE if item.institution is None else item.institution
-        cells[key][who] = item.value
-        weights[key][who] = item.n_samples or 1
+        if item.institution is None:
+            text = _format(item.value)
+            if item.metric == "auc" and item.task in bounds:
+                text += f" ±{bounds[item.task]:.3f}"
+            cells[key][FEDERATION_WIDE] = text
+            if item.n_samples is not None and item.institutions is not None:
+                behind[item.task] = f"{item.n_samples} / {item.institutions}"
+        else:
+            cells[key][item.institution] = _format(item.value)
     table = Table(
         title=title or f"Round {round_number}: task-wise results (validation)",
+        caption=RESULTS_CAPTION,
         box=box.SIMPLE_HEAD,
         collapse_padding=True,
         pad_edge=False,
     )
     table.add_column("task", no_wrap=True)
     table.add_column("metric", no_wrap=True)
+    table.add_column(FEDERATION_WIDE, justify="right", style="bold", no_wrap=True)
     for name in institutions:
         table.add_column(name, justify="right", no_wrap=True)
-    table.add_column(AVERAGE, justify="right", style="bold", no_wrap=True)
+    table.add_column("n / inst.", justify="right", no_wrap=True)
     for (task, metric), values in sorted(cells.items()):
-        average = values.get(AVERAGE)
-        if average is None:
-            average = weighted_average(
-                {who: value for who, value in values.items() if who != AVERAGE},
-                weights[(task, metric)],
-            )
         table.add_row(
-            task, metric, *(_format(values.get(name)) for name in institutions), _format(average)
+            task,
+            metric,
+            values.get(FEDERATION_WIDE, "-"),
+            *(values.get(name, "-") for name in institutions),
+            behind.get(task, ""),
         )
     return table
-
-
-def weighted_average(values: dict[str, float], weights: dict[str, int]) -> float | None:
-    if not values:
-        return None
-    total = sum(weights.get(who, 1) for who in values)
-    return sum(value * weights.get(who, 1) for who, value in values.items()) / total
 
 
 def spend_table(entries: Sequence[LedgerEntry], round_number: int | None = None) -> Table:

@@ -86,6 +86,13 @@ def demo(
             "(sign in with the admin token the run folder holds) until Ctrl-C.",
         ),
     ] = False,
+    share_own_metrics: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A hospital that opts in to send its own validation metrics in clear "
+            "(repeat for several; default none: results are federation-wide only).",
+        ),
+    ] = None,
 ) -> None:
     """Run four hospitals' federation end to end and write an HTML report."""
     from rich.console import Console
@@ -107,6 +114,7 @@ def demo(
         stage_timeout_s=stage_timeout,
         local_epochs=local_epochs,
         serve=serve,
+        share_own_metrics=tuple(share_own_metrics or ()),
     )
     try:
         run_demo(options, Console())

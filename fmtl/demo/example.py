@@ -206,13 +206,15 @@ def agent_config(
     poll_interval_s: float,
     split_seed: int | None = None,
     data_root: Path | None = None,
+    share_own_metrics: bool = False,
 ) -> str:
     """The agent.toml of one hospital: its data mapping, its own budget, its state folder.
 
     `seed` seeds the agent's training (data order and DP noise: reproducible, for demos and
     benchmarks only; None leaves the noise to the OS's CSPRNG); `split_seed`, when given,
     replaces the mapping's seed of its train/validation split; `data_root`, when given, is
-    what the mapping's relative data path resolves against (generated example data).
+    what the mapping's relative data path resolves against (generated example data);
+    `share_own_metrics` opts the hospital in to sending its own validation metrics in clear.
     """
     data = dict(hospital.mapping)
     base = data_root if data_root is not None else hospital.mapping_file.parent
@@ -225,7 +227,12 @@ def agent_config(
         "coordinator": {"url": coordinator_url},
         "state": {"dir": str(state_dir)},
         "data": data,
-        "privacy": {"epsilon": epsilon, "delta": delta, "accountant": accountant},
+        "privacy": {
+            "epsilon": epsilon,
+            "delta": delta,
+            "accountant": accountant,
+            "share_own_metrics": share_own_metrics,
+        },
         "training": {"device": "cpu"} if seed is None else {"device": "cpu", "seed": seed},
         "daemon": {
             "poll_interval_s": poll_interval_s,

@@ -15,8 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmtl.admin.client import AuditVerification, LedgerEntry, ResultInfo, RoundInfo
 
-#: Counts reported beside the metrics (validation samples), not metrics to plot.
-NOT_METRICS = frozenset({"n"})
+#: Not metrics to plot: counts, and the binned AUC's error bound (shown beside the AUC).
+NOT_METRICS = frozenset({"n", "auc_error_bound"})
+#: The curve of the figures computed from the secure sum of every participant's statistics.
+FEDERATION_WIDE = "federation-wide"
 #: The metric each task's learning curve leads with, by preference.
 PRIMARY_METRICS = ("auc", "accuracy", "mae", "rmse")
 
@@ -80,28 +82,25 @@ class DemoRecord(BaseModel):
         return ordered + sorted(found - set(ordered))
 
     def curve(self, task: str, metric: str) -> dict[str, list[tuple[int, float]]]:
-        """Per institution (and 'average', sample-weighted unless recorded federation-wide):
-        (round, value) points of one task's metric."""
+        """(round, value) points of one task's metric: per institution that sent its own
+        (opted in), and `FEDERATION_WIDE`, from the secure sums."""
         per: dict[str, list[tuple[int, float]]] = defaultdict(list)
-        sums: dict[int, list[tuple[float, int]]] = defaultdict(list)
-        recorded_average: dict[int, float] = {}
         for item in sorted(self.results, key=lambda r: r.round):
-            if item.task != task or item.metric != metric:
-                continue
-            if item.institution is None:
-                recorded_average[item.round] = item.value
-                continue
-            per[item.institution].append((item.round, item.value))
-            sums[item.round].append((item.value, item.n_samples or 1))
-        average = dict(recorded_average)
-        for number, values in sums.items():
-            if number not in average:
-                total = sum(weight for _, weight in values)
-                average[number] = sum(value * weight for value, weight in values) / total
+            if item.task == task and item.metric == metric:
+                per[item.institution or FEDERATION_WIDE].append((item.round, item.value))
+        wide = per.pop(FEDERATION_WIDE, None)
         curves = dict(sorted(per.items()))
-        if average:
-            curves["average"] = sorted(average.items())
+        if wide:
+            curves[FEDERATION_WIDE] = wide
         return curves
+
+    def auc_error_bound(self, task: str, round_number: int) -> float | None:
+        """The largest error of a round's federation-wide (binned) AUC of a task."""
+        wanted = (task, round_number, "auc_error_bound", None)
+        for item in self.results:
+            if (item.task, item.round, item.metric, item.institution) == wanted:
+                return item.value
+        return None
 
     def epsilon_curves(self) -> dict[str, list[tuple[int, float]]]:
         """Each institution's cumulative ε (as the coordinator recomputed it) per round."""

@@ -1,7 +1,8 @@
 """The demo's HTML report: one self-contained file (inline SVG and CSS, no script, no network).
 
-Sections: the run's settings, the final task-wise results, learning curves per task (each
-hospital and the average), each hospital's privacy budget over rounds, the round timeline
+Sections: the run's settings, the final task-wise results, learning curves per task (the
+federation-wide figure from the secure sums, and each hospital that opted in to send its
+own), each hospital's privacy budget over rounds, the round timeline
 with stage durations, the privacy ledger and the audit-log verification. Everything comes
 from a `DemoRecord`, so a report can be re-rendered from `record.json` at any time:
 
@@ -22,7 +23,7 @@ from typing import Final
 from coordinator.reports import charts
 from coordinator.reports.pages import environment, svg
 from fmtl.admin.client import RoundInfo
-from fmtl.demo.record import DemoRecord
+from fmtl.demo.record import FEDERATION_WIDE, DemoRecord
 
 LOWER_IS_BETTER: Final = frozenset({"mae", "rmse", "mse", "loss"})
 #: Stage columns of the round table (the timeline's stages less `scheduled`).
@@ -34,7 +35,7 @@ def _better(metric: str) -> str:
 
 
 def learning_curves(record: DemoRecord) -> list[str]:
-    """One chart per task and metric: each hospital, and the average in black."""
+    """One chart per task and metric: federation-wide in black, each hospital that opted in."""
     palette = charts.colours([h.name for h in record.hospitals])
     out = []
     for task in record.tasks or sorted({r.task for r in record.results}):
@@ -44,9 +45,9 @@ def learning_curves(record: DemoRecord) -> list[str]:
                     name,
                     [(float(x), y) for x, y in points],
                     charts.AVERAGE_COLOUR
-                    if name == "average"
+                    if name == FEDERATION_WIDE
                     else palette.get(name, charts.NEUTRAL_COLOUR),
-                    3.0 if name == "average" else 1.6,
+                    3.0 if name == FEDERATION_WIDE else 1.6,
                 )
                 for name, points in record.curve(task, metric).items()
             ]
@@ -176,11 +177,15 @@ class ResultLine:
     task: str
     metric: str
     cells: list[tuple[float, int, float] | None]  # (last, first round, first value)
+    #: The largest error of the last federation-wide AUC (binned scores), for AUC lines.
+    bound: float | None = None
 
 
 def result_lines(record: DemoRecord) -> tuple[list[str], list[ResultLine]]:
-    """First and last round's value of every task and metric, per hospital and averaged."""
-    columns = [*(h.name for h in record.hospitals), "average"]
+    """First and last round's value of every task and metric: federation-wide, then each
+    hospital that opted in to send its own."""
+    sent = {r.institution for r in record.results if r.institution is not None}
+    columns = [FEDERATION_WIDE, *(h.name for h in record.hospitals if h.name in sent)]
     lines = []
     for task in record.tasks or sorted({r.task for r in record.results}):
         for metric in record.metrics_of(task):
@@ -189,7 +194,11 @@ def result_lines(record: DemoRecord) -> tuple[list[str], list[ResultLine]]:
             for name in columns:
                 points = curves.get(name)
                 cells.append(None if not points else (points[-1][1], points[0][0], points[0][1]))
-            lines.append(ResultLine(task, metric, cells))
+            bound = None
+            wide = curves.get(FEDERATION_WIDE)
+            if metric == "auc" and wide:
+                bound = record.auc_error_bound(task, wide[-1][0])
+            lines.append(ResultLine(task, metric, cells, bound))
     return columns, lines
 
 

@@ -130,6 +130,9 @@ class DemoOptions:
     worker_concurrency: int = 2
     #: Keep the coordinator up after the report, with its web console, until Ctrl-C.
     serve: bool = False
+    #: Hospitals that opt in to send their own validation metrics in clear (by default
+    #: none: the results are federation-wide, from the secure sums).
+    share_own_metrics: tuple[str, ...] = ()
 
     def check(self) -> None:
         if self.rounds < 1:
@@ -256,6 +259,12 @@ class DemoRun:
             raise DemoError(
                 f"--drop-agent must be one of {', '.join(names)} (got {self.options.drop_agent!r})"
             )
+        unknown = sorted(set(self.options.share_own_metrics) - set(names))
+        if unknown:
+            raise DemoError(
+                f"--share-own-metrics must name hospitals among {', '.join(names)} "
+                f"(got {unknown[0]!r})"
+            )
         self._prepare_folder()
         self.data_root = generate_data(example, self.run_dir)
         started = datetime.now(UTC)
@@ -367,6 +376,7 @@ class DemoRun:
             "seed": "none (DP noise from the OS's CSPRNG)" if o.seed is None else o.seed,
             "stage deadline (s)": o.stage_timeout_s,
             "aggregation": "secure (masked)" if o.secure else "plain (unmasked, benchmark)",
+            "own metrics sent in clear by": ", ".join(o.share_own_metrics) or "none",
             "agent killed at": o.agents_drop_at,
             "in round": o.dropping_round,
             "stack": o.stack,
@@ -497,6 +507,7 @@ class DemoRun:
                     split_seed=self.options.seed,
                     data_root=self.data_root,
                     poll_interval_s=0.5,
+                    share_own_metrics=hospital.name in self.options.share_own_metrics,
                 ),
                 encoding="utf-8",
             )

@@ -2,9 +2,11 @@
 
 Each test runs the command a user runs, with small settings (2 rounds, short deadlines),
 then checks what the user relies on: it exits 0, the report exists and holds a learning
-curve per task, and every hospital's results and privacy spend were recorded for every
-round it took part in. The production variant runs the same demo on PostgreSQL with a Redis
-broker and separate worker and beat processes.
+curve per task, every round has federation-wide task-wise results (from the secure sums)
+over exactly the hospitals that took part, only hospitals that opted in have results of
+their own, and every hospital's privacy spend was recorded for every round it took part in.
+The production variant runs the same demo on PostgreSQL with a Redis broker and separate
+worker and beat processes.
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ def _demo(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _check_run(out: Path, done: subprocess.CompletedProcess[str], rounds: int) -> DemoRecord:
+def _check_run(
+    out: Path,
+    done: subprocess.CompletedProcess[str],
+    rounds: int,
+    opted_in: tuple[str, ...] = (),
+) -> DemoRecord:
     assert done.returncode == 0, f"demo failed:\n{done.stderr[-3000:]}\n{done.stdout[-3000:]}"
     report = out / "report.html"
     assert str(report) in done.stdout.replace("\n", "")
@@ -58,18 +65,16 @@ def _check_run(out: Path, done: subprocess.CompletedProcess[str], rounds: int) -
             names[p.institution_id] for p in round_info.participant_list if p.status == "completed"
         }
         assert len(in_sum) >= (round_info.threshold or 3)
-        for hospital in example.hospitals:
-            if hospital.name not in in_sum:
-                continue
-            for task in hospital.tasks:
-                values = [
-                    r
-                    for r in record.results
-                    if r.round == round_info.number
-                    and r.institution == hospital.name
-                    and r.task == task
-                ]
-                assert values, f"no result for {hospital.name}/{task} in round {round_info.number}"
+        results = [r for r in record.results if r.round == round_info.number]
+        for task in example.task_kinds:
+            holders = [h.name for h in example.hospitals if h.name in in_sum and task in h.tasks]
+            wide = [r for r in results if r.task == task and r.institution is None]
+            assert wide, f"no federation-wide result for {task} in round {round_info.number}"
+            assert {r.institutions for r in wide} == {len(holders)}
+            for name in holders:
+                own = [r for r in results if r.task == task and r.institution == name]
+                assert bool(own) is (name in opted_in), f"{name}/{task}: {own}"
+        assert {r.institution for r in results} <= {None, *opted_in}
     # Every hospital's ε grows with each round it trains in, stays within its budget, and
     # the coordinator's recomputation agrees with what the agent reported.
     for hospital in example.hospitals:
@@ -145,9 +150,10 @@ def _demo_serving(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_demo_runs_rounds_with_four_agent_processes_and_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    done = _demo_serving(out, *FAST)
-    record = _check_run(out, done, rounds=2)
+    done = _demo_serving(out, *FAST, "--share-own-metrics", "cleveland")
+    record = _check_run(out, done, rounds=2, opted_in=("cleveland",))
     assert all(r.participants == 4 for r in record.rounds)
+    assert "federation-wide, over the union" in done.stdout.replace("\n", " ")
     assert "task-wise results" in done.stdout
     assert "Privacy spend" in done.stdout
     _admin_reads_the_run_afterwards(out, tmp_path)

@@ -124,17 +124,35 @@ def test_spec_files_in_json_and_toml_read_alike(tmp_path: Path) -> None:
         load_spec(tmp_path / "absent.json")
 
 
-def test_results_table_shows_each_institution_and_the_recorded_average() -> None:
+def test_results_table_shows_the_federation_wide_figures_and_opted_in_institutions() -> None:
     rows = [
         ResultInfo(round=3, task="disease", institution="cleveland", metric="auc", value=0.81),
-        ResultInfo(round=3, task="disease", institution="va", metric="auc", value=0.7),
-        ResultInfo(round=3, task="disease", institution=None, metric="auc", value=0.77),
+        ResultInfo(
+            round=3,
+            task="disease",
+            institution=None,
+            metric="auc",
+            value=0.77,
+            n_samples=185,
+            institutions=4,
+        ),
+        ResultInfo(
+            round=3,
+            task="disease",
+            institution=None,
+            metric="auc_error_bound",
+            value=0.004,
+            n_samples=185,
+            institutions=4,
+        ),
         ResultInfo(round=2, task="disease", institution="va", metric="auc", value=0.1),
     ]
     text = _render(tables.results_table(rows, 3))
-    for shown in ("cleveland", "va", "0.810", "0.700", "0.770"):
+    for shown in ("federation", "cleveland", "0.810", "0.770 ±0.004", "185 / 4"):
         assert shown in text
+    assert "opted in" in text  # the caption says where each figure comes from
     assert "0.100" not in text
+    assert "auc_error_bound" not in text
 
 
 def test_spend_table_shows_the_latest_cumulative_epsilon_and_mismatches() -> None:

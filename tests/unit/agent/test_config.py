@@ -69,8 +69,9 @@ def test_typo_suggests_the_allowed_keys(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError) as caught:
         _load(path)
-    assert "privacy.epsiln: unknown setting (allowed here: epsilon, delta, accountant)" in str(
-        caught.value
+    assert (
+        "privacy.epsiln: unknown setting (allowed here: epsilon, delta, accountant, "
+        "share_own_metrics)" in str(caught.value)
     )
 
 

@@ -22,6 +22,7 @@ from agent.work import (
     result_key,
 )
 from federation.layout import ParameterLayout
+from federation.metrics import from_segments, task_metrics
 from federation.model import build_model, model_vector
 from federation.round_api import AggregationMode, MyStatus, RoundAssignment, Stage
 from federation.spec import FederationSpec, PersonalisationMode, PersonalisationSpec
@@ -98,8 +99,13 @@ def test_joins_within_budget_trains_and_records_the_spend(
         assert result.spend is not None
         assert result.spend.noise_multiplier == entry.noise_multiplier
         assert result.spend.epsilon == pytest.approx(entry.projected_epsilon)
-        assert set(result.metrics) == set(spec.task_names)
+        # Nothing of its own in clear by default: its validation statistics go into the
+        # masked update instead, one task's per segment.
+        assert result.metrics == {}
         assert result.contribution.segments["count.encoder"][0] == 1
+        for task, n in work.dataset.labelled_validation.items():
+            assert result.contribution.segments[f"metric.{task}.n"][0] == n
+            assert result.contribution.segments[f"metric.{task}.institutions"][0] == 1
         spends = ledger.spends(spec.name, 1)
         assert len(spends) == 1
         assert spends[0].epsilon == result.spend.epsilon
@@ -215,3 +221,22 @@ def test_personal_state_survives_rounds_and_a_retried_round_starts_from_before_i
         work.train(_assignment(fedper, 1), _global(fedper))
         assert work.personaliser(fedper.name, 1).state.round == 0  # still the state before
         assert work.personaliser(fedper.name, 2).state.round == 1
+
+
+def test_an_institution_that_opts_in_gets_its_own_metrics_from_its_own_statistics(
+    spec: FederationSpec, tmp_path: Path
+) -> None:
+    path = write_config(tmp_path)
+    path.write_text(
+        path.read_text().replace("[privacy]\n", "[privacy]\nshare_own_metrics = true\n")
+    )
+    config = load_config(path, environment=AgentEnvironment(key_passphrase=None))
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        work = _work(config, spec, ledger, InMemoryRoundStateStore())
+        work.decide(_assignment(spec, 1))
+        result = work.train(_assignment(spec, 1), _global(spec))
+    assert set(result.metrics) == set(spec.task_names)
+    statistics = from_segments(spec, result.contribution.segments)
+    for task in spec.tasks:
+        assert result.metrics[task.name] == task_metrics(task, statistics[task.name]).values
+    assert {"loss", "accuracy", "balanced_accuracy", "auc", "ece"} <= set(result.metrics["disease"])

@@ -7,8 +7,6 @@ import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
 from fmtl.admin.client import (
     AuditVerification,
     LedgerEntry,
@@ -65,31 +63,45 @@ def _round(number: int, dropped: str | None = None) -> RoundInfo:
     )
 
 
+#: The hospitals that opted in to send their own metrics in clear.
+OPTED_IN = ("cleveland", "va")
+
+
 def _record(rounds: int = 3) -> DemoRecord:
     results = []
     ledger = []
     for r in range(1, rounds + 1):
+        wide = {"n_samples": 185, "institutions": 4}
+        results += [
+            ResultInfo(round=r, task="disease", institution=None, metric="auc", value=0.6, **wide),
+            ResultInfo(
+                round=r,
+                task="disease",
+                institution=None,
+                metric="auc_error_bound",
+                value=0.01 / r,
+                **wide,
+            ),
+            ResultInfo(
+                round=r, task="max_heart_rate", institution=None, metric="mae", value=0.9, **wide
+            ),
+        ]
         for name in HOSPITALS:
-            results.append(
-                ResultInfo(
-                    round=r,
-                    task="disease",
-                    institution=name,
-                    metric="auc",
-                    value=0.5 + 0.1 * r,
-                    n_samples=60,
+            if name in OPTED_IN:
+                results.append(
+                    ResultInfo(
+                        round=r, task="disease", institution=name, metric="auc", value=0.5 + 0.1 * r
+                    )
                 )
-            )
-            results.append(
-                ResultInfo(
-                    round=r,
-                    task="max_heart_rate",
-                    institution=name,
-                    metric="mae",
-                    value=1.0 / r,
-                    n_samples=50,
+                results.append(
+                    ResultInfo(
+                        round=r,
+                        task="max_heart_rate",
+                        institution=name,
+                        metric="mae",
+                        value=1.0 / r,
+                    )
                 )
-            )
             ledger.append(
                 LedgerEntry(
                     federation="heart_disease",
@@ -136,13 +148,25 @@ def test_report_is_self_contained_html_with_no_network_reference() -> None:
     assert "@import" not in page
 
 
-def test_report_holds_a_learning_curve_per_task_and_metric_with_every_hospital() -> None:
+def test_report_holds_a_learning_curve_per_task_and_metric_federation_wide() -> None:
     page = render_report(_record())
     for title in ("disease: auc (higher is better)", "max_heart_rate: mae (lower is better)"):
         assert f'aria-label="{title}"' in page
-    for name in HOSPITALS:
-        assert f"<title>{name}</title>" in page
-    assert "<title>average</title>" in page
+    curves = page[page.index('<h2 id="curves">') : page.index('<h2 id="privacy">')]
+    assert "<title>federation-wide</title>" in curves
+    for name in HOSPITALS:  # a hospital's own curve only where it opted in
+        assert (f"<title>{name}</title>" in curves) is (name in OPTED_IN)
+    assert "auc_error_bound" not in page
+
+
+def test_the_results_table_says_which_figures_are_federation_wide_sums() -> None:
+    page = render_report(_record())
+    table = page[page.index("<h2>Task-wise results</h2>") : page.index('<h2 id="curves">')]
+    assert "secure-aggregation sum" in table
+    assert "opted in" in table
+    heads = re.findall(r'<th scope="col">(.*?)</th>', table)
+    assert heads == ["task", "metric", "federation-wide", *OPTED_IN]
+    assert "0.600 ±0.003" in table  # the last round's AUC with its error bound
 
 
 def test_every_svg_in_the_report_is_well_formed_xml() -> None:
@@ -162,24 +186,25 @@ def test_report_shows_privacy_budget_and_dropout_in_the_timeline() -> None:
     assert "Audit log intact: 120" in page
 
 
-def test_averaged_curve_is_weighted_by_validation_samples() -> None:
+def test_curves_show_the_recorded_federation_wide_figure_never_an_average_of_hospitals() -> None:
     record = _record(1)
+    for name, value in (("cleveland", 0.2), ("va", 0.8)):
+        record.results.append(
+            ResultInfo(round=1, task="severity", institution=name, metric="accuracy", value=value)
+        )
+    assert "federation-wide" not in record.curve("severity", "accuracy")
     record.results.append(
         ResultInfo(
             round=1,
             task="severity",
-            institution="cleveland",
+            institution=None,
             metric="accuracy",
-            value=0.2,
-            n_samples=30,
+            value=0.41,
+            n_samples=126,
+            institutions=3,
         )
     )
-    record.results.append(
-        ResultInfo(
-            round=1, task="severity", institution="va", metric="accuracy", value=0.8, n_samples=10
-        )
-    )
-    assert record.curve("severity", "accuracy")["average"] == [(1, pytest.approx(0.35))]
+    assert record.curve("severity", "accuracy")["federation-wide"] == [(1, 0.41)]
 
 
 def test_report_of_a_run_with_no_round_still_renders() -> None:
