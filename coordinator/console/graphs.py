@@ -11,7 +11,7 @@ from coordinator.console.queries import LedgerPoint, ResultPoint, RoundLine
 from coordinator.reports import charts
 
 #: Counts reported beside the metrics (validation samples), not metrics to plot.
-NOT_METRICS: Final = frozenset({"n"})
+NOT_METRICS: Final = frozenset({"n", "auc_error_bound"})
 #: The metric each task's curve leads with, by preference.
 PRIMARY_METRICS: Final = ("auc", "accuracy", "mae", "rmse")
 LOWER_IS_BETTER: Final = frozenset({"mae", "rmse", "mse", "loss"})
@@ -103,20 +103,15 @@ def result_curves(tasks: Sequence[str], points: Sequence[ResultPoint]) -> list[t
 
 
 def _curve(task: str, metric: str, points: Sequence[ResultPoint]) -> tuple[Curve, str]:
+    # Federation-wide: only what the coordinator recorded from the secure sums (an average of
+    # the institutions that opted in would be neither federation-wide nor weighted right).
     per: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    recorded: dict[int, float] = {}
-    weighted: dict[int, list[tuple[float, int]]] = defaultdict(list)
+    wide: dict[int, float] = {}
     for p in points:
         if p.institution is None:
-            recorded[p.round_number] = p.value
+            wide[p.round_number] = p.value
         else:
             per[p.institution].append((float(p.round_number), p.value))
-            weighted[p.round_number].append((p.value, p.n_samples or 1))
-    wide = dict(recorded)
-    for number, values in weighted.items():
-        if number not in wide:
-            total = sum(weight for _, weight in values)
-            wide[number] = sum(value * weight for value, weight in values) / total
     palette = charts.colours(sorted(per))
     series = [
         charts.Series(name, sorted(values), palette[name]) for name, values in sorted(per.items())

@@ -30,7 +30,7 @@ from coordinator.db import Database
 from coordinator.rounds.models import SliceState, UnmaskSlice
 from federation.spec import FederationSpec
 from privacy.secagg import MaskedInput, RoundConfig
-from tests.round_support import FixedDeltaWork, expected_model, small_deltas
+from tests.round_support import FixedDeltaWork, expected_metrics, expected_model, small_deltas
 from tests.seaweedfs import SeaweedS3
 
 from .conftest import (
@@ -99,7 +99,9 @@ def make_federation(
         for i in range(n)
     ]
     deltas = small_deltas(spec, n)
-    works = [FixedDeltaWork(spec, deltas[i], dict.fromkeys(HELD[i % 4], 10)) for i in range(n)]
+    works = [
+        FixedDeltaWork(spec, deltas[i], dict.fromkeys(HELD[i % 4], 10), seed=i) for i in range(n)
+    ]
     return Federation(spec.name, spec, agents, works, admin)
 
 
@@ -250,6 +252,7 @@ def test_a_complete_round_stores_the_expected_aggregate(
 ) -> None:
     url = coordinator_server.url
     federation = make_federation(coordinator_server, admin_token, spec_document("complete"), 3)
+    federation.works[0].share_own_metrics = True  # site_0 opts in; the others do not
     parts = participants(url, federation)
     number = start_round(url, federation)["number"]
     done = drive(url, federation, parts, number, completed, "the round to complete")
@@ -261,11 +264,20 @@ def test_a_complete_round_stores_the_expected_aggregate(
         headers=federation.admin,
         timeout=10,
     ).json()
-    assert {(r["task"], r["institution"]) for r in results} >= {
-        ("disease", None),
-        ("severity", None),
-        ("disease", "site_0"),
-    }
+    assert {r["institution"] for r in results} == {None, "site_0"}
+    assert {r["task"] for r in results if r["scope"] == "institution"} == {"disease", "severity"}
+    # Federation-wide: the metrics of the three sites' pooled validation statistics, as
+    # the secure sum carried them (disease: sites 0 and 1; severity: sites 0 and 2).
+    expected = expected_metrics(federation.spec, federation.works)
+    wide = [r for r in results if r["scope"] == "federation"]
+    assert {r["task"] for r in wide} == {"disease", "severity"}
+    for row in wide:
+        result = expected[row["task"]]
+        assert (row["n_samples"], row["institutions"]) == (result.n, 2)
+        if row["metric"] == "auc_error_bound":
+            assert row["value"] == result.auc_error_bound
+        else:
+            assert row["value"] == pytest.approx(result.values[row["metric"]], abs=1e-4)
     ledger = httpx.get(f"{url}/api/v1/ledger", headers=federation.admin, timeout=10).json()
     assert len([row for row in ledger if row["federation"] == federation.name]) == 3
     assert [p.step().outcome for p in parts] == [Outcome.COMPLETED] * 3
