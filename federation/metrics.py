@@ -161,6 +161,14 @@ def score_bins(logits: NDArray[np.float64]) -> NDArray[np.int64]:
     return np.searchsorted(edges, logits, side="right").astype(np.int64)
 
 
+def calibration_bins(confidence: NDArray[np.float64]) -> NDArray[np.int64]:
+    """The ECE bin of each confidence: bin b holds (b/B, (b+1)/B], and 0 joins bin 0 (as
+    `agent.evaluation.expected_calibration_error`)."""
+    index = np.ceil(confidence * CALIBRATION_BINS).astype(np.int64) - 1
+    out: NDArray[np.int64] = np.clip(index, 0, CALIBRATION_BINS - 1)
+    return out
+
+
 def _log_softmax(outputs: NDArray[np.float64]) -> NDArray[np.float64]:
     shifted = outputs - outputs.max(axis=1, keepdims=True)
     out: NDArray[np.float64] = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -226,7 +234,7 @@ def evaluate(
     if task.kind is TaskKind.BINARY:
         truth = (y.astype(np.float64) > 0.5).astype(np.int64)
         predicted = (out[:, 0] > 0.0).astype(np.int64)
-        p_positive = 1.0 / (1.0 + np.exp(-out[:, 0]))
+        p_positive = 1.0 / (1.0 + np.exp(-np.clip(out[:, 0], -60.0, 60.0)))
         confidence = np.maximum(p_positive, 1.0 - p_positive)
     else:
         truth = y.astype(np.int64)
@@ -246,7 +254,7 @@ def evaluate(
         hist[c, 0] = np.bincount(bins[~positive], minlength=SCORE_BINS)
         hist[c, 1] = np.bincount(bins[positive], minlength=SCORE_BINS)
     stats["score_hist"][:] = hist.reshape(-1)
-    slot = np.minimum((confidence * CALIBRATION_BINS).astype(np.int64), CALIBRATION_BINS - 1)
+    slot = calibration_bins(confidence)
     stats["confidence_count"][:] = np.bincount(slot, minlength=CALIBRATION_BINS)
     stats["confidence_correct"][:] = np.bincount(slot[correct], minlength=CALIBRATION_BINS)
     stats["confidence_sum"][:] = np.bincount(slot, weights=confidence, minlength=CALIBRATION_BINS)
@@ -430,6 +438,7 @@ __all__ = [
     "Statistics",
     "TaskMetrics",
     "binned_auc",
+    "calibration_bins",
     "class_logits",
     "evaluate",
     "federation_metrics",

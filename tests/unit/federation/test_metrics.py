@@ -6,8 +6,10 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from numpy.typing import NDArray
 
+from agent import evaluation
 from agent.evaluation import auc
 from federation import metrics
 from federation.errors import AggregationError
@@ -54,7 +56,8 @@ def _split(task: TaskSpec, n: int, rng: np.random.Generator) -> tuple[NDArray, N
 def _pooled_exact(
     task: TaskSpec, parts: list[tuple[NDArray, NDArray, NDArray]]
 ) -> dict[str, float]:
-    """The metrics over the pooled validation sets, computed directly (not from statistics)."""
+    """The metrics over the pooled validation sets, computed directly from the samples by
+    the agent's own exact evaluation (`agent.evaluation`), not from statistics."""
     out = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
     loss = np.concatenate([p[2] for p in parts])
@@ -64,39 +67,10 @@ def _pooled_exact(
         result["mae"] = float(np.mean(np.abs(error)))
         result["rmse"] = math.sqrt(float(np.mean(error**2)))
         return result
-    if task.kind is TaskKind.BINARY:
-        truth = y > 0.5
-        predicted = out[:, 0] > 0
-        result["accuracy"] = float(np.mean(predicted == truth))
-        recalls = [np.mean(predicted[truth == c] == c) for c in (False, True) if (truth == c).any()]
-        exact_auc = auc(out[:, 0], truth)
-        p = 1 / (1 + np.exp(-out[:, 0]))
-        confidence = np.maximum(p, 1 - p)
-        correct = predicted == truth
-    else:
-        classes = y.astype(np.int64)
-        probs = np.exp(out) / np.exp(out).sum(axis=1, keepdims=True)
-        guess = probs.argmax(axis=1)
-        correct = guess == classes
-        result["accuracy"] = float(np.mean(correct))
-        recalls = [
-            np.mean(correct[classes == c]) for c in range(task.output_dim) if (classes == c).any()
-        ]
-        per_class = [auc(probs[:, c], classes == c) for c in range(task.output_dim)]
-        exact_auc = float(np.mean([v for v in per_class if v is not None]))
-        confidence = probs.max(axis=1)
-    result["balanced_accuracy"] = float(np.mean(recalls))
-    assert exact_auc is not None
-    result["auc"] = exact_auc
-    bins = np.minimum(
-        (confidence * metrics.CALIBRATION_BINS).astype(int), metrics.CALIBRATION_BINS - 1
-    )
-    ece = sum(
-        abs(correct[bins == b].sum() - confidence[bins == b].sum())
-        for b in range(metrics.CALIBRATION_BINS)
-    )
-    result["ece"] = float(ece / len(y))
-    return result
+    spec = SPEC.model_copy(update={"tasks": (task,)})
+    labels = torch.from_numpy(y if task.kind is TaskKind.BINARY else y.astype(np.int64))
+    exact = evaluation.task_metrics(spec, task.name, torch.from_numpy(out), labels, None)
+    return result | exact
 
 
 def _segments(per_task: dict[str, metrics.Statistics]) -> dict[str, NDArray[np.generic]]:
