@@ -39,13 +39,12 @@ class Decision:
 class LocalResult:
     """What local training produced for one round."""
 
+    #: The update segments, weight counters and validation statistics (masked and summed).
     contribution: Contribution
-    #: task -> metric -> value, of the *global* model on the local validation split.
+    #: What is sent in clear besides the spend: task -> metric -> value of the global model
+    #: on the local validation split, where the institution opted in; else empty.
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     spend: SpendReport | None = None
-    #: task -> validation samples behind its metrics (weights of the federation average).
-    n_validation: dict[str, int] = field(default_factory=dict)
-    train_samples: int = 0
 
 
 class LocalWork(Protocol):

@@ -496,8 +496,6 @@ def encode_result(result: LocalResult) -> bytes:
         "clipped": result.contribution.clipped,
         "metrics": result.metrics,
         "spend": None if result.spend is None else result.spend.model_dump(mode="json"),
-        "n_validation": result.n_validation,
-        "train_samples": result.train_samples,
     }
     arrays = io.BytesIO()
     segments = {name: np.asarray(v) for name, v in result.contribution.segments.items()}
@@ -519,8 +517,6 @@ def decode_result(data: bytes) -> LocalResult:
         contribution=Contribution(segments, int(header["clipped"])),
         metrics={t: {k: float(v) for k, v in m.items()} for t, m in header["metrics"].items()},
         spend=None if spend is None else SpendReport.model_validate(spend),
-        n_validation={t: int(n) for t, n in header["n_validation"].items()},
-        train_samples=int(header["train_samples"]),
     )
 
 

@@ -194,7 +194,7 @@ class DeltaWork:
             train_samples=10,
             labelled=labelled,
         )
-        return LocalResult(contribution=contribution, train_samples=10)
+        return LocalResult(contribution=contribution)
 
 
 def run(n: int, d: int, workers: int, blobs: str = "local") -> tuple[float, float, float, float]:

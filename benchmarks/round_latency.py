@@ -92,7 +92,7 @@ class TrivialWork:
         contribution = local_contribution(
             self.spec, global_vector, local, train_samples=10, labelled=labelled
         )
-        return LocalResult(contribution=contribution, train_samples=10)
+        return LocalResult(contribution=contribution)
 
 
 @dataclass

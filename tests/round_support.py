@@ -84,8 +84,6 @@ class FixedDeltaWork:
                 epsilon=0.5,
                 accountant="rdp",
             ),
-            n_validation=dict.fromkeys(tasks, 20),
-            train_samples=self.train_samples,
         )
 
 
