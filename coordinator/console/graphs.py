@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from coordinator.console.queries import LedgerPoint, ResultPoint, RoundLine
 from coordinator.reports import charts
@@ -16,6 +17,27 @@ NOT_METRICS: Final = frozenset({"n", "auc_error_bound"})
 PRIMARY_METRICS: Final = ("auc", "accuracy", "mae", "rmse")
 LOWER_IS_BETTER: Final = frozenset({"mae", "rmse", "mse", "loss"})
 FEDERATION_WIDE: Final = "federation-wide"
+#: Drawn page fragments kept, keyed by what they show and the version of the data behind it.
+FRAGMENTS_KEPT: Final = 64
+
+T = TypeVar("T")
+_fragments: OrderedDict[Hashable, object] = OrderedDict()
+_fragments_lock = threading.Lock()
+
+
+def memo(key: Hashable, build: Callable[[], T]) -> T:
+    """`build()` once per `key` (which must name the data's version): a page whose data did
+    not change since it was last drawn reads nothing more and draws nothing again."""
+    with _fragments_lock:
+        if key in _fragments:
+            _fragments.move_to_end(key)
+            return _fragments[key]  # type: ignore[return-value]  # stored by this key's build
+    value = build()
+    with _fragments_lock:
+        _fragments[key] = value
+        while len(_fragments) > FRAGMENTS_KEPT:
+            _fragments.popitem(last=False)
+    return value
 
 
 def round_timeline(lines: Sequence[RoundLine]) -> str:

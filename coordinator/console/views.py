@@ -176,8 +176,11 @@ def results(
     request: Request, federation: FederationName, viewer: ReaderView, session: SessionDep
 ) -> HTMLResponse:
     found = get_federation(session, federation)
-    points = queries.result_points(session, found)
-    curves = graphs.result_curves([task.name for task in found.tasks], points)
+    tasks = [task.name for task in found.tasks]
+    curves = graphs.memo(
+        ("results", found.id, queries.results_version(session)),
+        lambda: graphs.result_curves(tasks, queries.result_points(session, found)),
+    )
     return render(
         request,
         viewer,
@@ -200,7 +203,13 @@ def ledger(
     paging, lines = queries.institution_lines(
         session, found, page, with_spend=True, size=queries.LEDGER_INSTITUTIONS_PER_CHART
     )
-    points = queries.ledger_points(session, found, [line.id for line in lines])
+    ids = tuple(line.id for line in lines)
+
+    def draw() -> tuple[str, str]:
+        points = queries.ledger_points(session, found, ids)
+        return graphs.epsilon_chart(points), graphs.epsilon_gap_chart(points)
+
+    chart, gap = graphs.memo(("ledger", found.id, ids, queries.ledger_version(session)), draw)
     return render(
         request,
         viewer,
@@ -210,8 +219,8 @@ def ledger(
         accountant=found.spec.dp.accountant.value,
         paging=paging,
         institutions=lines,
-        chart=svg(graphs.epsilon_chart(points)),
-        gap_chart=svg(graphs.epsilon_gap_chart(points)),
+        chart=svg(chart),
+        gap_chart=svg(gap),
         mismatches=queries.ledger_mismatches(session, found),
     )
 

@@ -20,7 +20,12 @@ from coordinator.console.queries.federations import (
     institution_lines,
     latest_spend,
 )
-from coordinator.console.queries.ledger import LedgerPoint, ledger_mismatches, ledger_points
+from coordinator.console.queries.ledger import (
+    LedgerPoint,
+    ledger_mismatches,
+    ledger_points,
+    ledger_version,
+)
 from coordinator.console.queries.paging import (
     AUDIT_PER_PAGE,
     INSTITUTIONS_PER_PAGE,
@@ -30,7 +35,7 @@ from coordinator.console.queries.paging import (
     Page,
     page_of,
 )
-from coordinator.console.queries.results import ResultPoint, result_points
+from coordinator.console.queries.results import ResultPoint, result_points, results_version
 from coordinator.console.queries.rounds import (
     ParticipantLine,
     RoundLine,
@@ -66,9 +71,11 @@ __all__ = [
     "latest_spend",
     "ledger_mismatches",
     "ledger_points",
+    "ledger_version",
     "page_of",
     "participant_lines",
     "result_points",
+    "results_version",
     "round_line",
     "round_lines",
 ]

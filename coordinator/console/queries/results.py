@@ -43,3 +43,8 @@ def result_points(session: Session, federation: Federation) -> list[ResultPoint]
         .order_by(Round.number)
     )
     return [ResultPoint(*row) for row in session.execute(query)]
+
+
+def results_version(session: Session) -> int:
+    """Grows with every result recorded anywhere (the primary key's maximum)."""
+    return int(session.scalar(sa.select(sa.func.max(TaskMetric.id))) or 0)

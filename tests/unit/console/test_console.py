@@ -249,3 +249,47 @@ def test_pages_carry_a_strict_content_security_policy(
     assert "frame-ancestors 'none'" in policy
     assert answer.headers["cache-control"] == "no-store"
     assert not re.search(r"""(src|href)\\s*=\\s*["']?(https?:)?//""", answer.text)
+
+
+def test_a_new_spend_redraws_the_ledger_chart(
+    seeded: Seeded, session: Session, browser: Callable[[Role], Browser]
+) -> None:
+    from coordinator.ledger.models import PrivacySpend
+    from coordinator.rounds.models import Round, RoundStage
+    from federation.spec import Accountant
+
+    auditor = browser(Role.AUDITOR)
+
+    def chart() -> str:
+        page = auditor.client.get("/console/federations/heart/ledger").text
+        found = re.search(r'<svg[^>]*aria-label="Cumulative ε.*?</svg>', page, flags=re.S)
+        assert found is not None
+        return found.group(0)
+
+    before = chart()
+    assert chart() == before  # drawn once, then kept
+    federation_id, last = session.execute(
+        sa.select(Round.federation_id, sa.func.max(Round.number)).group_by(Round.federation_id)
+    ).one()
+    late = Round(federation_id=federation_id, number=last + 1, stage=RoundStage.COMPLETED)
+    session.add(late)
+    session.flush()
+    session.add(
+        PrivacySpend(
+            round_id=late.id,
+            institution_id=session.scalar(
+                sa.select(Institution.id).where(Institution.name == seeded.institutions[0])
+            ),
+            accountant=Accountant.RDP,
+            noise_multiplier=1.1,
+            sample_rate=0.05,
+            steps=20,
+            delta=1e-5,
+            reported_epsilon=7.5,
+            recomputed_epsilon=7.5,
+            budget_epsilon=8.0,
+            mismatch=False,
+        )
+    )
+    session.commit()
+    assert chart() != before
