@@ -3,7 +3,7 @@
 Run from the repository root:
 
     python benchmarks/console_pages.py                 # 1,000 rounds x 100 institutions
-    python benchmarks/console_pages.py --rounds 200 --institutions 20
+    python benchmarks/console_pages.py --quick         # 100 rounds x 20 institutions
     FMTL_BENCH_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/postgres \\
         python benchmarks/console_pages.py             # on a fresh PostgreSQL database
 
@@ -113,7 +113,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1000)
     parser.add_argument("--institutions", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--quick", action="store_true", help="100 rounds x 20 institutions, 2 repeats"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.institutions, args.repeat = 100, 20, 2
     folder = Path(tempfile.mkdtemp(prefix="fmtl-console-bench-"))
     url = _database(folder)
     settings = Settings(
