@@ -97,6 +97,19 @@ def _database(folder: Path) -> str:
     return url.rsplit("/", 1)[0] + "/" + name
 
 
+def _drop(url: str) -> None:
+    """Drop the PostgreSQL database `_database` made (a SQLite file goes with its folder)."""
+    if not url.startswith("postgresql"):
+        return
+    import sqlalchemy as sa
+
+    name = url.rsplit("/", 1)[1]
+    admin = sa.create_engine(os.environ["FMTL_BENCH_DATABASE_URL"], isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 def _time(client: TestClient, path: str, repeat: int) -> tuple[float, float]:
     times = []
     for _ in range(repeat + 1):
@@ -155,6 +168,7 @@ def main() -> int:
     first, median = results["large"][slowest]
     ratio = median / results["small"][slowest][1]
     runtime.db.dispose()
+    _drop(url)
     print(f"command: python benchmarks/console_pages.py --rounds {args.rounds} "
           f"--institutions {args.institutions} --repeat {args.repeat}")  # fmt: skip
     print(
