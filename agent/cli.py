@@ -279,8 +279,9 @@ def _status_document(config: AgentConfig) -> dict[str, Any]:
         "trainings": len(history),
     }
     # Local only: the federated and the personalised model on the local validation split,
-    # as measured at the start of the last round trained (never sent as such).
-    document["models"] = model_metrics
+    # measured at the start of each round trained (never sent as such); the latest first.
+    history = (model_metrics or {}).get("history", [])
+    document["models"] = {"latest": history[-1] if history else None, "history": history}
     return document
 
 
@@ -370,7 +371,7 @@ def _print_status(document: dict[str, Any]) -> None:
         f"[{colour}]{budget['epsilon_spent']:.3f}[/] / {budget['epsilon_left']:.3f} "
         f"({100 * share:.0f}% spent, {budget['trainings']} trainings)",
     )
-    models = document.get("models")
+    models = (document.get("models") or {}).get("latest")
     if models:
         table.add_section()
         table.add_row("models (local)", f"validation split, start of round {models['round']}")

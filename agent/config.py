@@ -171,6 +171,9 @@ class PersonalisationSection(_Section):
         le=1.0,
         description="Weight of the private model in the mix (0: the federated model alone).",
     )
+    private_learning_rate: float | None = Field(
+        default=None, gt=0.0, le=10.0, description="The private model's (unset: the spec's)."
+    )
 
 
 class DaemonSection(_Section):

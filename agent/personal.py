@@ -69,12 +69,16 @@ class PersonalSettings:
     fine_tune_epochs: float = 1.0
     private_model: bool = False
     private_weight: float = 0.5
+    #: The private model's own learning rate (None: the federation's).
+    private_learning_rate: float | None = None
 
     def __post_init__(self) -> None:
         if not self.fine_tune_epochs > 0:
             raise ValueError("fine_tune_epochs must be > 0")
         if not 0.0 <= self.private_weight <= 1.0:
             raise ValueError("private_weight must be within [0, 1]")
+        if self.private_learning_rate is not None and not self.private_learning_rate > 0:
+            raise ValueError("private_learning_rate must be > 0")
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,10 @@ class Personaliser:
         if self.settings.private_model:
             start = self.state.private if self.state.private is not None else self._initial()
             trained = self.trainer.train_locally(
-                start, self.spec.training.local_epochs, stream=_PRIVATE_STREAM
+                start,
+                self.spec.training.local_epochs,
+                stream=_PRIVATE_STREAM,
+                learning_rate=self.settings.private_learning_rate,
             )
             self.state = replace(self.state, private=trained, round=round_number)
         else:

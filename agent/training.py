@@ -341,13 +341,15 @@ class LocalTrainer:
         *,
         trainable: Callable[[MultiTaskModel], list[torch.nn.Parameter]] | None = None,
         stream: int = 2,
+        learning_rate: float | None = None,
     ) -> NDArray[np.float64]:
         """Plain (never DP) training for a model that never leaves the institution.
 
         `epochs` passes over the training split in Poisson batches of the spec's expected
         size, with exact batch means and the spec's optimizer and learning rate; only the
         parameters `trainable(model)` returns move (all by default; heads of tasks not
-        trained here never). Nothing it produces may feed an update that is sent: it is for
+        trained here never), at `learning_rate` when given. Nothing it produces may feed an
+        update that is sent: it is for
         personalised models (`agent.personal`), whose results stay local.
         """
         model = self._model(vector)
@@ -365,7 +367,7 @@ class LocalTrainer:
             p.requires_grad_(id(p) in wanted)
         if not params:
             return model_vector(model, self.layout)
-        optimizer = self._optimizer(params)
+        optimizer = self._optimizer(params, learning_rate)
         train = self._train
         n = len(train)
         q = self.sample_rate
@@ -451,11 +453,14 @@ class LocalTrainer:
             optimizer.step()
         return report
 
-    def _optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    def _optimizer(
+        self, params: list[torch.nn.Parameter], learning_rate: float | None = None
+    ) -> torch.optim.Optimizer:
         training = self.spec.training
+        lr = training.learning_rate if learning_rate is None else learning_rate
         if training.optimizer == "adam":
-            return torch.optim.Adam(params, lr=training.learning_rate)
-        return torch.optim.SGD(params, lr=training.learning_rate)
+            return torch.optim.Adam(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr)
 
 
 def _select(

@@ -41,6 +41,7 @@ from numpy.typing import NDArray
 from agent.config import AgentConfig
 from agent.data import LocalDataset
 from agent.errors import AgentError
+from agent.evaluation import Metrics
 from agent.ledger import MODEL_METRICS_MEMO, Ledger, RoundStatus
 from agent.local_work import CannotContinue, Decision, LocalResult
 from agent.logging import event, get_logger
@@ -59,6 +60,8 @@ _log = get_logger("work")
 DECLINE_SPEC: Final = "spec mismatch"
 _RESULT_MAGIC: Final = b"FMTLLR\x01"
 _SIGMA_MEMO: Final = "noise_plan"
+#: Rounds of model metrics the local ledger keeps (`fmtl agent status --json`).
+MODEL_METRICS_KEPT: Final = 1000
 #: Progress is logged at most this often (seconds) when no progress bar is shown.
 _PROGRESS_LOG_INTERVAL_S: Final = 10.0
 
@@ -316,10 +319,7 @@ class AgentWork:
                 "personal_model_validation",
                 extra={"fields": {"round": number, **_flat(personal)}},
             )
-        self.ledger.remember(
-            MODEL_METRICS_MEMO,
-            {"federation": federation, "round": number, "global": metrics, "personal": personal},
-        )
+        self._remember_metrics(federation, number, metrics, personal)
         # What enters the masked update: the same evaluation as sums (federation.metrics).
         statistics = self.trainer.statistics(federated)
         started = time.monotonic()
@@ -369,6 +369,22 @@ class AgentWork:
 
     # -- the personalised side (agent.personal) -----------------------------------------------
 
+    def _remember_metrics(
+        self, federation: str, number: int, federated: Metrics, personal: Metrics | None
+    ) -> None:
+        """Keep this round's metrics of both models in the local ledger (the last
+        `MODEL_METRICS_KEPT` rounds; a retried round replaces its first attempt)."""
+        memo = self.ledger.remembered(MODEL_METRICS_MEMO) or {}
+        history = [
+            entry
+            for entry in memo.get("history", [])
+            if (entry.get("federation"), entry.get("round")) != (federation, number)
+        ]
+        history.append(
+            {"federation": federation, "round": number, "global": federated, "personal": personal}
+        )
+        self.ledger.remember(MODEL_METRICS_MEMO, {"history": history[-MODEL_METRICS_KEPT:]})
+
     def personaliser(self, federation: str, number: int) -> Personaliser:
         """The institution's personal state as it was before round `number`.
 
@@ -389,6 +405,7 @@ class AgentWork:
             fine_tune_epochs=section.fine_tune_epochs,
             private_model=section.private_model,
             private_weight=section.private_weight,
+            private_learning_rate=section.private_learning_rate,
         )
 
     def _load_personal(self, federation: str, which: str) -> PersonalState:

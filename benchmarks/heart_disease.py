@@ -1,46 +1,49 @@
-"""Heart disease, four hospitals: local-only vs pooled vs federated multi-task, with and
-without differential privacy. One process, no network.
+"""Heart disease, four hospitals: is a hospital's model better inside the federation than
+alone? Local-only, pooled, the federation's global model and each hospital's personalised
+model, each without and with differential privacy. One process, no network.
 
 Run from the repository root:
 
-    python benchmarks/heart_disease.py                 # seeds 0-9 (about 2 minutes on 2 cores)
-    python benchmarks/heart_disease.py --quick         # seeds 0-1, fewer rounds
-    python benchmarks/heart_disease.py --seeds 3 7 11 --epsilon 5
+    python benchmarks/heart_disease.py                  # seeds 0-19, 30 rounds, epsilon 5
+    python benchmarks/heart_disease.py --quick          # seeds 0-1, 15 rounds
+    python benchmarks/heart_disease.py --tasks disease  # a single-task federation
+    python benchmarks/heart_disease.py --select         # choose settings on validation data
 
 Data: examples/heart_disease (UCI Heart Disease, four institutions; see its README), the
-federation spec `federation.json` and one data mapping per hospital. Each hospital's
-rows are split into train and a held-out validation split (20%, stratified by disease);
-every figure is measured on the held-out split, per hospital and task.
+federation spec `federation.json` and one data mapping per hospital. Each hospital's rows
+are split into training and a held-out split (20%, stratified by disease) that only the
+reported figures are measured on; `--select` cuts the training split once more and never
+looks at the held-out split.
 
-For each seed (it sets the split, the initial weights and the training randomness):
+For each seed (it sets the split, the initial weights and the training randomness), per
+hospital and task, every model trains for the same epochs (`rounds` x the spec's local
+epochs) with the same batch size:
 
-- **local**: each hospital trains the model on its own data alone, without DP, for as many
-  epochs as a hospital does over the whole federated run;
-- **pooled**: one model trained, without DP, on the union of the four training splits
-  (the non-federated upper reference; features are standardised per hospital, as in the
-  federation);
-- **fmtl**: federated multi-task learning, without DP: each round every hospital trains
-  from the global model (`agent.training.LocalTrainer`), `federation.aggregation.
-  local_contribution` makes its update segments, the segments are summed (what secure
-  aggregation yields) and `federation.aggregation.apply_sums` applies them: FedAvg of the
-  encoder over the hospitals, per-task averages of the heads over the hospitals holding
-  each task;
-- **fmtl_dp**: the same with DP-SGD through Opacus at a budget of epsilon per hospital
-  (delta from the spec, 1e-5), the noise multiplier chosen by each hospital so that its
-  budget lasts exactly the planned rounds; the table reports the epsilon spent.
+- **local** / **local_dp**: the hospital alone (DP: DP-SGD at epsilon on its own data);
+- **pooled** / **pooled_dp**: one model on the union of the four training splits (DP: at
+  epsilon per patient; a central model, the reference no federation beats on privacy);
+- **fmtl** / **fmtl_dp**: the federation's global model (`agent.training.LocalTrainer` at
+  each hospital, `federation.aggregation` for the sums, as the service runs them);
+- **personal** / **personal_dp**: each hospital's personalised model from the same runs
+  (`agent.personal`, settings `PERSONAL`: a private model trained on the hospital's own
+  data beside the federated one, their outputs mixed). It never leaves the hospital;
+  what leaves — the federation's updates — is DP in `*_dp`, at epsilon per hospital
+  (delta from the spec), the noise chosen so that the budget lasts the planned rounds.
 
-The last line is the headline: disease-present AUC, mean over hospitals and seeds.
-`run_inprocess` is the function a service run compares against (same settings).
+Figures: per task its metric's mean over seeds, and the paired difference to local-only
+(by hospital and seed) with a 95% t-interval over seeds; balanced accuracy and ECE beside.
+The last line is the headline: disease AUC, mean over hospitals and seeds.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import math
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run by path: make the repository root importable
@@ -48,268 +51,253 @@ if __package__ in (None, ""):  # run by path: make the repository root importabl
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
+from scipy import stats
 
-from agent.data import LocalDataset, SplitTensors, load_dataset
-from agent.evaluation import Metrics
-from agent.mapping import DataMapping
-from agent.training import LocalTrainer
-from federation.aggregation import ServerState, apply_sums, local_contribution
-from federation.layout import ParameterLayout
-from federation.metrics import Statistics, pooled, task_metrics
-from federation.model import build_model, model_vector
-from federation.spec import FederationSpec
-from privacy.dp import Accountant
+from agent.personal import FineTune, PersonalSettings
+from benchmarks.heart_disease_runs import (
+    HOSPITALS,
+    HospitalMetrics,
+    load_example,
+    restrict_tasks,
+    run_federated,
+    run_inprocess,
+    run_local,
+    run_pooled,
+)
+from federation.spec import FederationSpec, TaskBalancing, TaskKind
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "heart_disease"
-HOSPITALS = ("cleveland", "hungarian", "switzerland", "va")
 #: The headline task and metric.
 HEADLINE = ("disease", "auc")
-#: What the table shows for each task.
-TABLE_METRIC = {"disease": "auc", "severity": "accuracy", "max_heart_rate": "mae", "angina": "auc"}
 DEFAULT_ROUNDS = 30
+DEFAULT_SEEDS = tuple(range(20))
+METHODS = ("local", "local_dp", "pooled", "pooled_dp", "fmtl", "fmtl_dp", "personal", "personal_dp")
+#: Classification metrics shown beside the AUC (name -> row label).
+EXTRA_METRICS = {"balanced_accuracy": "balanced acc", "accuracy": "accuracy", "ece": "ece"}
+#: The differences to local-only the tables show.
+COMPARED = ("fmtl", "fmtl_dp", "personal", "personal_dp")
+#: Each hospital's personalisation in the benchmark, chosen with --select on validation:
+#: a private model beside the federated one, weight 0.75 (against 0.25 and 0.5; head
+#: fine-tuning on top was no better), trained like the local-only model.
+PERSONAL = PersonalSettings(private_model=True, private_weight=0.75)
+#: The local-only baseline's learning rate, chosen with --select on validation among 0.1,
+#: 0.3 and 1.0 (None: the federation's, which is the 0.3 chosen).
+LOCAL_LR: float | None = None
+
+# Re-exported for benchmarks/heart_disease_service.py and the tests.
+__all__ = ["HEADLINE", "HOSPITALS", "load_example", "main", "run_federated", "run_inprocess"]
+
+Results = dict[str, list[HospitalMetrics]]  # method -> one entry per seed
 
 
-def load_example() -> tuple[FederationSpec, dict[str, DataMapping]]:
-    """The example federation spec and the four hospitals' data mappings."""
-    spec = FederationSpec.model_validate_json((EXAMPLE / "federation.json").read_text())
-    mappings = {h: DataMapping.from_toml(EXAMPLE / f"mapping_{h}.toml") for h in HOSPITALS}
-    return spec, mappings
-
-
-def _seeded(spec: FederationSpec, seed: int, *, dp: bool) -> FederationSpec:
-    return spec.model_copy(
-        update={
-            "model": spec.model.model_copy(update={"init_seed": seed}),
-            "dp": spec.dp.model_copy(update={"enabled": dp}),
-        }
-    )
-
-
-def _datasets(
-    spec: FederationSpec, mappings: Mapping[str, DataMapping], seed: int
-) -> dict[str, LocalDataset]:
-    return {
-        name: load_dataset(mapping.model_copy(update={"split_seed": seed}), spec)
-        for name, mapping in mappings.items()
-    }
-
-
-def _trainers(
-    spec: FederationSpec, datasets: Mapping[str, LocalDataset], seed: int
-) -> dict[str, LocalTrainer]:
-    return {
-        name: LocalTrainer(spec, data, device="cpu", seed=seed * 100 + i)
-        for i, (name, data) in enumerate(datasets.items())
-    }
+def _t95(n: int) -> float:
+    return float(stats.t.ppf(0.975, n - 1)) if n > 1 else math.nan
 
 
 @dataclass(frozen=True)
-class FederatedRun:
-    """Held-out metrics per hospital and task, and the epsilon each hospital spent."""
+class Estimate:
+    """A mean over seeds with its 95% t-interval."""
 
-    metrics: dict[str, Metrics]
-    epsilon: dict[str, float]
-    clipped: int
-    #: task -> metric -> value: federation-wide metrics of the model the last round started
-    #: from, over the union of the held-out splits (`federation.metrics`, what the service
-    #: records from the secure sums for that round).
-    federation_wide: dict[str, dict[str, float]] = field(default_factory=dict)
+    mean: float
+    low: float
+    high: float
+    n: int
 
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Estimate:
+        n = len(values)
+        if n == 0:
+            return cls(math.nan, math.nan, math.nan, 0)
+        mean = float(np.mean(values))
+        if n == 1:
+            return cls(mean, math.nan, math.nan, 1)
+        half = _t95(n) * float(np.std(values, ddof=1)) / math.sqrt(n)
+        return cls(mean, mean - half, mean + half, n)
 
-def run_federated(
-    spec: FederationSpec,
-    mappings: Mapping[str, DataMapping],
-    rounds: int,
-    epsilon: float | None,
-    seed: int,
-) -> FederatedRun:
-    """Federated multi-task training in one process; DP at `epsilon` per hospital, or
-    without DP when `epsilon` is None."""
-    dp = epsilon is not None
-    spec = _seeded(spec, seed, dp=dp)
-    trainers = _trainers(spec, _datasets(spec, mappings, seed), seed)
-    accountants = {name: Accountant(spec.dp.accountant.value) for name in trainers}
-    vector = model_vector(build_model(spec), ParameterLayout.model(spec))
-    state = ServerState()
-    clipped = 0
-    wide: dict[str, dict[str, float]] = {}
-    for done in range(rounds):
-        sums: dict[str, NDArray[np.float64]] = {}
-        wide = federation_wide(spec, [trainer.statistics(vector) for trainer in trainers.values()])
-        for name, trainer in trainers.items():
-            accountant = accountants[name]
-            if dp:
-                plan = trainer.plan(
-                    budget_epsilon=epsilon, accountant=accountant, rounds=rounds - done
-                )
-            else:
-                plan = trainer.plan()
-            outcome = trainer.train(vector, plan, accountant=accountant, budget_epsilon=epsilon)
-            contribution = local_contribution(
-                spec,
-                vector,
-                outcome.local_vector,
-                train_samples=outcome.train_samples,
-                labelled=outcome.labelled,
-            )
-            clipped += contribution.clipped
-            for segment, values in contribution.segments.items():
-                part = np.asarray(values, dtype=np.float64)
-                sums[segment] = sums[segment] + part if segment in sums else part
-        vector, state, _ = apply_sums(spec, vector, sums, state)
-    delta = spec.dp.delta
-    return FederatedRun(
-        metrics={name: trainer.evaluate(vector) for name, trainer in trainers.items()},
-        epsilon={name: acc.epsilon(delta) for name, acc in accountants.items()},
-        clipped=clipped,
-        federation_wide=wide,
-    )
+    def signed(self) -> str:
+        if math.isnan(self.low):
+            return f"{self.mean:+.3f}"
+        return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
 
 
-def federation_wide(
-    spec: FederationSpec, per_hospital: Sequence[Mapping[str, Statistics]]
-) -> dict[str, dict[str, float]]:
-    """Federation-wide metrics of the hospitals' pooled validation statistics."""
-    out = {}
-    for task in spec.tasks:
-        parts = [stats[task.name] for stats in per_hospital if task.name in stats]
-        found = task_metrics(task, pooled(task, parts))
-        if found.n:
-            out[task.name] = dict(found.values)
-            if found.auc_error_bound is not None:
-                out[task.name]["auc_error_bound"] = found.auc_error_bound
+def value(run: HospitalMetrics, hospital: str, task: str, metric: str) -> float | None:
+    found = run.get(hospital, {}).get(task, {}).get(metric)
+    return None if found is None or not math.isfinite(found) else float(found)
+
+
+def per_seed(results: Results, method: str, hospital: str, task: str, metric: str) -> list[float]:
+    return [v for run in results[method] if (v := value(run, hospital, task, metric)) is not None]
+
+
+def paired(
+    results: Results, method: str, base: str, hospitals: Sequence[str], task: str, metric: str
+) -> list[float]:
+    """Per seed, the mean over `hospitals` of method − base (only where both are defined)."""
+    out = []
+    for a, b in zip(results[method], results[base], strict=True):
+        diffs = [
+            va - vb
+            for h in hospitals
+            if (va := value(a, h, task, metric)) is not None
+            and (vb := value(b, h, task, metric)) is not None
+        ]
+        if diffs:
+            out.append(float(np.mean(diffs)))
     return out
 
 
-def run_inprocess(
-    spec: FederationSpec,
-    mappings: Mapping[str, DataMapping],
-    rounds: int,
-    epsilon: float | None,
-    seed: int,
-) -> dict[str, Metrics]:
-    """Per-hospital, per-task held-out metrics of federated training (see `run_federated`)."""
-    return run_federated(spec, mappings, rounds, epsilon, seed).metrics
+def mean_over_hospitals(results: Results, method: str, task: str, metric: str) -> float:
+    """Mean over hospitals (where defined) of the mean over seeds."""
+    means = [
+        float(np.mean(v)) for h in HOSPITALS if (v := per_seed(results, method, h, task, metric))
+    ]
+    return float(np.mean(means)) if means else math.nan
 
 
-def run_local(
-    spec: FederationSpec, mappings: Mapping[str, DataMapping], rounds: int, seed: int
-) -> dict[str, Metrics]:
-    """Each hospital alone, without DP, for the epochs of the whole federated run."""
-    spec = _seeded(spec, seed, dp=False)
-    trainers = _trainers(spec, _datasets(spec, mappings, seed), seed)
-    start = model_vector(build_model(spec), ParameterLayout.model(spec))
-    results: dict[str, Metrics] = {}
-    for name, trainer in trainers.items():
-        vector = start
-        for _ in range(rounds):
-            vector = trainer.train(vector, trainer.plan()).local_vector
-        results[name] = trainer.evaluate(vector)
-    return results
+def holders(results: Results, task: str, metric: str) -> list[str]:
+    return [h for h in HOSPITALS if per_seed(results, "local", h, task, metric)]
 
 
-def _pool(spec: FederationSpec, datasets: Mapping[str, LocalDataset]) -> LocalDataset:
-    """The union of the training splits (the pooled model is evaluated per hospital)."""
-    parts = [data.train for data in datasets.values()]
-    labels: dict[str, torch.Tensor] = {}
-    masks: dict[str, torch.Tensor] = {}
-    for task in spec.tasks:
-        ys, ms = [], []
-        for part in parts:
-            n = len(part)
-            if task.name in part.labels:
-                ys.append(part.labels[task.name])
-                ms.append(part.masks[task.name])
+def primary_metric(kind: TaskKind) -> str:
+    return "mae" if kind is TaskKind.REGRESSION else "auc"
+
+
+def print_task(results: Results, spec: FederationSpec, task: str, methods: Sequence[str]) -> None:
+    kind = spec.task(task).kind
+    metric = primary_metric(kind)
+    who = holders(results, task, metric)
+    if not who:
+        return
+    n = len(results["local"])
+    unit = " (beats per minute)" if metric == "mae" else ""
+    print(f"\n{task}: {metric}{unit}, held-out, mean over {n} seeds")
+    print(f"{'hospital':<12}" + "".join(f"{m:>12}" for m in methods))
+    for hospital in [*who, "mean"]:
+        cells = []
+        for method in methods:
+            if hospital == "mean":
+                v = mean_over_hospitals(results, method, task, metric)
             else:
-                dtype = torch.int64 if task.n_classes else torch.float32
-                ys.append(torch.zeros(n, dtype=dtype))
-                ms.append(torch.zeros(n, dtype=torch.bool))
-        labels[task.name] = torch.cat(ys)
-        masks[task.name] = torch.cat(ms)
-    train = SplitTensors(torch.cat([p.features for p in parts]), labels, masks)
-    empty = SplitTensors(
-        train.features[:0],
-        {t: y[:0] for t, y in labels.items()},
-        {t: m[:0] for t, m in masks.items()},
-    )
-    first = next(iter(datasets.values()))
-    return LocalDataset(
-        train=train,
-        validation=empty,
-        tasks_held=spec.task_names,
-        feature_names=first.feature_names,
-        label_scales={k: v for d in datasets.values() for k, v in d.label_scales.items()},
-    )
-
-
-def run_pooled(
-    spec: FederationSpec, mappings: Mapping[str, DataMapping], rounds: int, seed: int
-) -> dict[str, Metrics]:
-    """One model on all training splits together, without DP; evaluated per hospital."""
-    spec = _seeded(spec, seed, dp=False)
-    datasets = _datasets(spec, mappings, seed)
-    trainers = _trainers(spec, datasets, seed)
-    pooled = LocalTrainer(spec, _pool(spec, datasets), device="cpu", seed=seed * 100 + 99)
-    vector = model_vector(build_model(spec), ParameterLayout.model(spec))
-    for _ in range(rounds):
-        vector = pooled.train(vector, pooled.plan()).local_vector
-    return {name: trainer.evaluate(vector) for name, trainer in trainers.items()}
-
-
-# -- report -------------------------------------------------------------------------------
-
-METHODS = ("local", "pooled", "fmtl", "fmtl_dp")
-
-
-def _mean(values: Sequence[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
-
-
-def headline(results: Mapping[str, list[dict[str, Metrics]]], method: str) -> float:
-    """Disease AUC, mean over hospitals (where defined) of the mean over seeds."""
-    task, metric = HEADLINE
-    per_hospital = []
-    for hospital in HOSPITALS:
-        values = [
-            run[hospital][task][metric]
-            for run in results[method]
-            if metric in run.get(hospital, {}).get(task, {})
+                values = per_seed(results, method, hospital, task, metric)
+                v = float(np.mean(values)) if values else math.nan
+            cells.append(f"{v:>12.3f}" if math.isfinite(v) else f"{'-':>12}")
+        print(f"{hospital:<12}" + "".join(cells))
+    compared = [m for m in COMPARED if m in methods]
+    print(f"paired difference to local-only, mean [95% interval] over seeds ({metric}):")
+    print(f"{'hospital':<12}" + "".join(f"{m + ' - local':>28}" for m in compared))
+    for hospital in [*who, "mean"]:
+        group = who if hospital == "mean" else [hospital]
+        cells = [
+            f"{Estimate.of(paired(results, m, 'local', group, task, metric)).signed():>28}"
+            for m in compared
         ]
-        if values:
-            per_hospital.append(_mean(values))
-    return _mean(per_hospital)
-
-
-def print_table(results: Mapping[str, list[dict[str, Metrics]]]) -> None:
-    header = f"{'hospital':<12} {'task':<15} {'metric':<9}" + "".join(f"{m:>15}" for m in METHODS)
-    print(header)
-    print("-" * len(header))
-    for hospital in HOSPITALS:
-        for task, metric in TABLE_METRIC.items():
+        print(f"{hospital:<12}" + "".join(cells))
+    if kind is not TaskKind.REGRESSION:
+        print("beside it, mean over hospitals (accuracy at 0.5; ECE: lower is better):")
+        for extra, label in EXTRA_METRICS.items():
             cells = []
-            for method in METHODS:
-                values = [
-                    run[hospital][task][metric]
-                    for run in results[method]
-                    if metric in run.get(hospital, {}).get(task, {})
-                ]
-                if not values:
-                    cells.append(f"{'-':>15}")
-                elif len(values) == 1:
-                    cells.append(f"{values[0]:>15.3f}")
-                else:
-                    cells.append(f"{_mean(values):>8.3f} ±{statistics.stdev(values):5.3f}")
-            if any(c.strip() != "-" for c in cells):
-                print(f"{hospital:<12} {task:<15} {metric:<9}" + "".join(cells))
+            for method in methods:
+                v = mean_over_hospitals(results, method, task, extra)
+                cells.append(f"{v:>12.3f}" if math.isfinite(v) else f"{'-':>12}")
+            print(f"{label:<12}" + "".join(cells))
+
+
+def headline(results: Results) -> str:
+    task, metric = HEADLINE
+    gains = [
+        Estimate.of(paired(results, "personal_dp", "local", [h], task, metric)).mean
+        for h in holders(results, task, metric)
+    ]
+    return (
+        f"heart_disease: fmtl_dp_auc={mean_over_hospitals(results, 'fmtl_dp', task, metric):.3f} "
+        f"local_auc={mean_over_hospitals(results, 'local', task, metric):.3f} "
+        f"pooled_auc={mean_over_hospitals(results, 'pooled', task, metric):.3f} "
+        f"personal_dp_auc={mean_over_hospitals(results, 'personal_dp', task, metric):.3f} "
+        f"worst_gain={min(gains):+.3f}"
+    )
+
+
+def configured(
+    spec: FederationSpec, args: argparse.Namespace
+) -> tuple[FederationSpec, PersonalSettings]:
+    """The spec and personalisation with the command line's overrides."""
+    training, aggregation = spec.training, spec.aggregation
+    if args.balancing is not None:
+        training = training.model_copy(update={"task_balancing": TaskBalancing(args.balancing)})
+    if args.strategy is not None:
+        aggregation = aggregation.model_copy(update={"strategy": args.strategy})
+    if args.server_lr is not None:
+        aggregation = aggregation.model_copy(update={"server_lr": args.server_lr})
+    spec = spec.model_copy(update={"training": training, "aggregation": aggregation})
+    personal = PERSONAL
+    if args.private_weight is not None:
+        personal = replace(personal, private_weight=args.private_weight)
+    if args.fine_tune is not None:
+        personal = replace(personal, fine_tune=FineTune(args.fine_tune))
+    return spec, personal
+
+
+def run_seed(
+    spec: FederationSpec,
+    mappings: Mapping[str, object],
+    rounds: int,
+    epsilon: float,
+    seed: int,
+    personal: PersonalSettings,
+    local_lr: float | None,
+) -> tuple[dict[str, HospitalMetrics], dict[str, float]]:
+    from benchmarks.heart_disease_runs import datasets, seeded
+
+    data = datasets(seeded(spec, seed, dp=False), mappings, seed)  # type: ignore[arg-type]
+    out: dict[str, HospitalMetrics] = {
+        "local": run_local(spec, data, rounds, seed, learning_rate=local_lr),
+        "local_dp": run_local(spec, data, rounds, seed, epsilon=epsilon, learning_rate=local_lr),
+        "pooled": run_pooled(spec, data, rounds, seed),
+        "pooled_dp": run_pooled(spec, data, rounds, seed, epsilon=epsilon),
+    }
+    plain = run_federated(spec, None, rounds, None, seed, personal=personal, data=data)
+    private = run_federated(spec, None, rounds, epsilon, seed, personal=personal, data=data)
+    out.update(
+        fmtl=plain.metrics,
+        personal=plain.personal,
+        fmtl_dp=private.metrics,
+        personal_dp=private.personal,
+    )
+    return out, private.epsilon
+
+
+def quiet_accountant_warnings() -> None:
+    """Opacus' RDP analysis warns when the smallest order gives the bound (a small dataset
+    with a high sampling rate): the bound is then loose, never too small. Hundreds of those
+    lines would bury the figures."""
+    warnings.filterwarnings("ignore", message="Optimal order is the smallest alpha")
+
+
+def _private(personal: PersonalSettings) -> str:
+    if not personal.private_model:
+        return "no"
+    lr = personal.private_learning_rate
+    return f"weight {personal.private_weight:g}" + (f", lr {lr:g}" if lr is not None else "")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 to 9")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 to 19")
     parser.add_argument("--rounds", type=int, default=None, help=f"default: {DEFAULT_ROUNDS}")
     parser.add_argument("--epsilon", type=float, default=5.0, help="DP budget per hospital")
     parser.add_argument("--quick", action="store_true", help="seeds 0 1, fewer rounds")
+    parser.add_argument(
+        "--tasks", nargs="+", default=None, help="federate these tasks only (e.g. disease)"
+    )
+    parser.add_argument("--balancing", choices=[b.value for b in TaskBalancing], default=None)
+    parser.add_argument("--strategy", default=None, help="server optimizer (spec: aggregation)")
+    parser.add_argument("--server-lr", type=float, default=None)
+    parser.add_argument("--private-weight", type=float, default=None)
+    parser.add_argument("--fine-tune", choices=[f.value for f in FineTune], default=None)
+    parser.add_argument(
+        "--select",
+        action="store_true",
+        help="choose the settings on inner validation splits (benchmarks/heart_disease_select.py)",
+    )
     parser.add_argument(
         "--service",
         action="store_true",
@@ -321,55 +309,59 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks.heart_disease_service import main_service
 
         raise SystemExit(main_service(args.seeds, args.rounds, args.epsilon, quick=args.quick))
-    # Ten seeds by default: a validation split holds 8 (Switzerland) to 61 (Cleveland)
-    # patients, so one seed's AUC moves by several hundredths from the split alone.
-    seeds = args.seeds or ([0, 1] if args.quick else list(range(10)))
+    if args.select:
+        from benchmarks.heart_disease_select import main_select
+
+        quiet_accountant_warnings()
+        raise SystemExit(main_select(args.seeds, args.rounds, args.epsilon))
+    quiet_accountant_warnings()
+    seeds = args.seeds or ([0, 1] if args.quick else list(DEFAULT_SEEDS))
     rounds = args.rounds or (DEFAULT_ROUNDS // 2 if args.quick else DEFAULT_ROUNDS)
     torch.set_num_threads(1)  # tiny models: threads only add overhead
     spec, mappings = load_example()
-    t = spec.training
+    spec, personal = configured(spec, args)
+    if args.tasks:
+        spec, mappings = restrict_tasks(spec, mappings, args.tasks)
+    t, a = spec.training, spec.aggregation
     print(
-        f"heart disease: {len(HOSPITALS)} hospitals, seeds {seeds}, {rounds} rounds x "
+        f"heart disease: hospitals {', '.join(mappings)}, tasks {', '.join(spec.task_names)}; "
+        f"seeds {seeds[0]}-{seeds[-1]} ({len(seeds)}), {rounds} rounds x "
         f"{t.local_epochs:g} local epochs, batch {t.batch_size}, lr {t.learning_rate:g} "
-        f"({t.optimizer}), DP epsilon {args.epsilon:g} per hospital at delta {spec.dp.delta:g} "
-        f"({spec.dp.accountant.value}), clip {spec.dp.max_grad_norm:g}"
+        f"({t.optimizer}; local-only lr {LOCAL_LR or t.learning_rate:g}), task balancing "
+        f"{t.task_balancing.value}, server {a.strategy.value} (lr {a.server_lr:g}); DP epsilon "
+        f"{args.epsilon:g} per hospital at delta {spec.dp.delta:g} ({spec.dp.accountant.value}), "
+        f"clip {spec.dp.max_grad_norm:g}; personalised: fine-tune {personal.fine_tune.value}, "
+        f"private model {_private(personal)}"
     )
-    results: dict[str, list[dict[str, Metrics]]] = {m: [] for m in METHODS}
+    results: Results = {m: [] for m in METHODS}
     spent: list[float] = []
     started = time.perf_counter()
     for seed in seeds:
-        results["local"].append(run_local(spec, mappings, rounds, seed))
-        results["pooled"].append(run_pooled(spec, mappings, rounds, seed))
-        results["fmtl"].append(run_inprocess(spec, mappings, rounds, None, seed))
-        private = run_federated(spec, mappings, rounds, args.epsilon, seed)
-        results["fmtl_dp"].append(private.metrics)
-        spent.extend(private.epsilon.values())
-        summary = " ".join(f"{m}={headline({m: results[m][-1:]}, m):.3f}" for m in METHODS)
-        print(
-            f"seed {seed}: disease auc {summary} (max epsilon {max(private.epsilon.values()):.3f})"
-        )
-    print(f"\nheld-out metrics, mean ± sd over {len(seeds)} seeds (mae in beats per minute):")
-    print_table(results)
-    if len(seeds) > 1:
-        per_seed = {m: [headline({m: [run]}, m) for run in results[m]] for m in METHODS}
-        print("\ndisease auc, mean over hospitals, per seed: mean ± sd over seeds")
-        for method in METHODS:
-            values = per_seed[method]
-            print(f"  {method:<8} {_mean(values):.3f} ± {statistics.stdev(values):.3f}")
-        for other in ("local", "pooled"):
-            diff = [a - b for a, b in zip(per_seed["fmtl_dp"], per_seed[other], strict=True)]
-            print(
-                f"  fmtl_dp - {other:<7} {_mean(diff):+.3f} ± {statistics.stdev(diff):.3f} "
-                "(paired by seed)"
+        runs, epsilon = run_seed(spec, mappings, rounds, args.epsilon, seed, personal, LOCAL_LR)
+        for method, metrics in runs.items():
+            results[method].append(metrics)
+        spent.extend(epsilon.values())
+        task, metric = HEADLINE
+        if task in spec.task_names:
+            summary = " ".join(
+                f"{m}={mean_over_hospitals({m: results[m][-1:]}, m, task, metric):.3f}"
+                for m in METHODS
             )
+            print(f"seed {seed}: disease auc {summary} ({time.perf_counter() - started:.0f} s)")
+    for task in spec.task_names:
+        print_task(results, spec, task, METHODS)
     print(
         f"\nDP: largest epsilon spent by a hospital {max(spent):.3f} (budget {args.epsilon:g}, "
         f"delta {spec.dp.delta:g}); {time.perf_counter() - started:.0f} s in all"
     )
-    print(
-        f"heart_disease: fmtl_dp_auc={headline(results, 'fmtl_dp'):.3f} "
-        f"local_auc={headline(results, 'local'):.3f} pooled_auc={headline(results, 'pooled'):.3f}"
-    )
+    if "severity" in spec.task_names:
+        severity = mean_over_hospitals(results, "personal_dp", "severity", "auc")
+        print(
+            f"severity auc of the personalised DP model, mean over the hospitals holding it: "
+            f"{severity:.3f}"
+        )
+    if HEADLINE[0] in spec.task_names:
+        print(headline(results))
 
 
 if __name__ == "__main__":

@@ -78,12 +78,13 @@ class ServiceRun:
 def evaluate_final_model(run_dir: Path, seed: int) -> dict[str, dict[str, dict[str, float]]]:
     """The service's last model version on each hospital's held-out split of `seed`."""
     from agent.training import LocalTrainer
-    from benchmarks.heart_disease import _datasets, load_example
+    from benchmarks.heart_disease_runs import datasets as load_datasets
+    from benchmarks.heart_disease_runs import load_example
 
     spec, mappings = load_example()
     raw = (run_dir / FINAL_MODEL_FILE).read_bytes()
     vector = np.frombuffer(raw, dtype="<f4").astype(np.float64)
-    datasets = _datasets(spec, mappings, seed)
+    datasets = load_datasets(spec, mappings, seed)
     return {
         name: LocalTrainer(spec, data, device="cpu", seed=agent_seed(seed, i)).evaluate(vector)
         for i, (name, data) in enumerate(datasets.items())

@@ -11,7 +11,7 @@ import json
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,6 +20,8 @@ from fmtl.demo.processes import DemoError
 EXAMPLE_NAME: Final = "heart_disease"
 SPEC_FILE: Final = "federation.json"
 MAPPING_PREFIX: Final = "mapping_"
+#: Optional: the `[personalisation]` section of every hospital's agent.toml.
+PERSONALISATION_FILE: Final = "personalisation.toml"
 #: Examples whose data is written at run time from a package the project depends on (no
 #: download): the example's name, and the module whose `materialise(folder)` writes it.
 #: The mappings' relative paths then resolve against the folder it was written to.
@@ -46,6 +48,9 @@ class Example:
     folder: Path
     spec: dict[str, Any]
     hospitals: tuple[Hospital, ...]
+    #: The `[personalisation]` section every hospital's agent.toml gets (from the example's
+    #: optional `personalisation.toml`): a local choice of each institution, the same here.
+    personalisation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def task_kinds(self) -> dict[str, str]:
@@ -116,7 +121,16 @@ def load_example(folder: Path) -> Example:
         hospitals.append(Hospital(file.stem.removeprefix(MAPPING_PREFIX), file, mapping))
     if not hospitals:
         raise DemoError(f"{folder} has no {MAPPING_PREFIX}<hospital>.toml data mappings")
-    return Example(folder=folder, spec=spec, hospitals=tuple(hospitals))
+    personalisation: dict[str, Any] = {}
+    local = folder / PERSONALISATION_FILE
+    if local.is_file():
+        try:
+            personalisation = dict(tomllib.loads(local.read_text(encoding="utf-8")))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise DemoError(f"cannot read {local}: {exc}") from None
+    return Example(
+        folder=folder, spec=spec, hospitals=tuple(hospitals), personalisation=personalisation
+    )
 
 
 def demo_spec(
@@ -207,6 +221,7 @@ def agent_config(
     split_seed: int | None = None,
     data_root: Path | None = None,
     share_own_metrics: bool = False,
+    personalisation: Mapping[str, object] | None = None,
 ) -> str:
     """The agent.toml of one hospital: its data mapping, its own budget, its state folder.
 
@@ -215,6 +230,7 @@ def agent_config(
     replaces the mapping's seed of its train/validation split; `data_root`, when given, is
     what the mapping's relative data path resolves against (generated example data);
     `share_own_metrics` opts the hospital in to sending its own validation metrics in clear.
+    `personalisation`, when given, is the hospital's `[personalisation]` section.
     """
     data = dict(hospital.mapping)
     base = data_root if data_root is not None else hospital.mapping_file.parent
@@ -234,6 +250,7 @@ def agent_config(
             "share_own_metrics": share_own_metrics,
         },
         "training": {"device": "cpu"} if seed is None else {"device": "cpu", "seed": seed},
+        **({"personalisation": personalisation} if personalisation else {}),
         "daemon": {
             "poll_interval_s": poll_interval_s,
             "backoff_initial_s": 0.2,

@@ -32,6 +32,17 @@ class HospitalRecord(BaseModel):
     budget_epsilon: float | None = None
 
 
+class LocalModels(BaseModel):
+    """One round's figures of one hospital's two models on its validation split, as its
+    own agent keeps them (`fmtl agent status --json`); they never went to the coordinator."""
+
+    model_config = ConfigDict(frozen=True)
+
+    round: int
+    federated: dict[str, dict[str, float]]
+    personalised: dict[str, dict[str, float]] | None = None
+
+
 class DemoEvent(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -57,6 +68,9 @@ class DemoRecord(BaseModel):
     audit: AuditVerification | None = None
     #: The model version saved as `final_model.f32` in the run folder.
     final_model_version: int | None = None
+    #: Per hospital, read from its own agent at the end: its federated and personalised
+    #: model's figures, round by round (local figures; see `LocalModels`).
+    local_models: dict[str, list[LocalModels]] = Field(default_factory=dict)
 
     @property
     def wall_s(self) -> float | None:
@@ -101,6 +115,21 @@ class DemoRecord(BaseModel):
             if (item.task, item.round, item.metric, item.institution) == wanted:
                 return item.value
         return None
+
+    def local_curve(self, task: str, metric: str, which: str) -> list[tuple[int, float]]:
+        """The mean over hospitals (weighted by validation samples) of `which` model's
+        ('federated' or 'personalised') local figure, per round."""
+        sums: dict[int, list[tuple[float, float]]] = defaultdict(list)
+        for rounds in self.local_models.values():
+            for item in rounds:
+                figures = item.federated if which == "federated" else item.personalised
+                values = (figures or {}).get(task, {})
+                if metric in values:
+                    sums[item.round].append((values[metric], values.get("n", 1.0)))
+        return [
+            (number, sum(v * n for v, n in pairs) / sum(n for _, n in pairs))
+            for number, pairs in sorted(sums.items())
+        ]
 
     def epsilon_curves(self) -> dict[str, list[tuple[int, float]]]:
         """Each institution's cumulative ε (as the coordinator recomputed it) per round."""

@@ -25,7 +25,11 @@ from coordinator.reports.pages import environment, svg
 from fmtl.admin.client import RoundInfo
 from fmtl.demo.record import FEDERATION_WIDE, DemoRecord
 
-LOWER_IS_BETTER: Final = frozenset({"mae", "rmse", "mse", "loss"})
+LOWER_IS_BETTER: Final = frozenset({"mae", "rmse", "mse", "loss", "ece"})
+#: The personalised models' average in the learning curves (hospitals' own figures).
+PERSONALISED_COLOUR: Final = "#1a9850"
+#: Metrics of the table comparing each hospital's federated and personalised model.
+LOCAL_METRICS: Final = ("auc", "accuracy", "balanced_accuracy", "ece", "mae")
 #: Stage columns of the round table (the timeline's stages less `scheduled`).
 STAGES: Final = tuple(stage for stage in charts.STAGE_COLOURS if stage != "scheduled")
 
@@ -51,6 +55,16 @@ def learning_curves(record: DemoRecord) -> list[str]:
                 )
                 for name, points in record.curve(task, metric).items()
             ]
+            personalised = record.local_curve(task, metric, "personalised")
+            if personalised:
+                series.append(
+                    charts.Series(
+                        "personalised (average)",
+                        [(float(x), y) for x, y in personalised],
+                        PERSONALISED_COLOUR,
+                        3.0,
+                    )
+                )
             out.append(
                 charts.line_chart(f"{task}: {metric} ({_better(metric)})", series, y_label=metric)
             )
@@ -202,9 +216,45 @@ def result_lines(record: DemoRecord) -> tuple[list[str], list[ResultLine]]:
     return columns, lines
 
 
+@dataclass(frozen=True)
+class LocalLine:
+    task: str
+    metric: str
+    cells: list[tuple[float | None, float | None]]  # (federated, personalised) per column
+
+
+def local_lines(record: DemoRecord) -> tuple[list[str], list[LocalLine]]:
+    """Each hospital's federated and personalised model at its last round (its own
+    figures), and their mean over hospitals weighted by validation samples."""
+    columns = [h.name for h in record.hospitals if record.local_models.get(h.name)]
+    if not columns:
+        return [], []
+    lines = []
+    for task in record.tasks:
+        for metric in LOCAL_METRICS:
+            cells: list[tuple[float | None, float | None]] = []
+            for name in columns:
+                last = record.local_models[name][-1]
+                fed = last.federated.get(task, {}).get(metric)
+                own = (last.personalised or {}).get(task, {}).get(metric)
+                cells.append((fed, own))
+            fed_curve = record.local_curve(task, metric, "federated")
+            own_curve = record.local_curve(task, metric, "personalised")
+            cells.append(
+                (
+                    fed_curve[-1][1] if fed_curve else None,
+                    own_curve[-1][1] if own_curve else None,
+                )
+            )
+            if any(a is not None for a, _ in cells):
+                lines.append(LocalLine(task, metric, cells))
+    return [*columns, "mean"], lines
+
+
 def render_report(record: DemoRecord) -> str:
     """The whole report as one HTML document."""
     columns, results = result_lines(record)
+    local_columns, local = local_lines(record)
     rows = timeline_rows(record)
     template = environment("fmtl.demo").get_template("demo_report.html.j2")
     return template.render(
@@ -213,6 +263,8 @@ def render_report(record: DemoRecord) -> str:
         mismatches=sum(1 for e in record.ledger if e.mismatch),
         result_columns=columns,
         results=results,
+        local_columns=local_columns,
+        local=local,
         curves=[svg(chart) for chart in learning_curves(record)],
         privacy=svg(privacy_chart(record)),
         timeline=svg(charts.timeline_chart("Round timeline", rows)) if rows else None,

@@ -23,6 +23,7 @@ line naming its log. Ctrl-C (or SIGTERM) stops every child, agents first.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -71,7 +72,7 @@ from fmtl.demo.processes import (
     last_line_hint,
     run_once,
 )
-from fmtl.demo.record import DemoEvent, DemoRecord, HospitalRecord
+from fmtl.demo.record import DemoEvent, DemoRecord, HospitalRecord, LocalModels
 from fmtl.demo.report import write_report
 
 #: Stages an agent can be killed at, in protocol order (coordinator `RoundStage` values).
@@ -508,6 +509,7 @@ class DemoRun:
                     data_root=self.data_root,
                     poll_interval_s=0.5,
                     share_own_metrics=hospital.name in self.options.share_own_metrics,
+                    personalisation=example.personalisation,
                 ),
                 encoding="utf-8",
             )
@@ -684,6 +686,7 @@ class DemoRun:
             self.record.audit = admin.audit_verify()
         except AdminError as exc:
             self._event(None, f"audit verification failed: {exc}")
+        self._read_local_models()
         versions = admin.models(self.federation)
         if versions:
             latest = max(item.version for item in versions)
@@ -702,6 +705,43 @@ class DemoRun:
                 else "NOT verified"
             )
         )
+
+    def _read_local_models(self) -> None:
+        """Each hospital's own figures of its federated and personalised model, read from
+        its agent (`fmtl agent status --json`), as the hospital would look at them."""
+        assert self.record is not None
+        for name, agent in self.agents.items():
+            try:
+                out = run_once(
+                    f"agent-{name}-status",
+                    fmtl_command("agent", "status", "--config", str(agent.config), "--json"),
+                    self._agent_env(),
+                    self.run_dir / "logs",
+                    timeout_s=READY_TIMEOUT_S,
+                )
+                history = (json.loads(out).get("models") or {}).get("history", [])
+                self.record.local_models[name] = [
+                    LocalModels(
+                        round=entry["round"],
+                        federated=entry["global"],
+                        personalised=entry.get("personal"),
+                    )
+                    for entry in history
+                    if entry.get("federation") == self.federation
+                ]
+            except (ChildFailed, ValueError, KeyError) as exc:
+                self._event(None, f"{name}: could not read its local model figures ({exc})")
+        rows = [
+            (which, self.record.local_curve("disease", metric, which))
+            for which in ("federated", "personalised")
+            for metric in ("accuracy",)
+        ]
+        shown = [f"{which} {curve[-1][1]:.3f}" for which, curve in rows if curve]
+        if shown:
+            self.console.print(
+                "disease accuracy at each hospital's last round, mean over hospitals (local "
+                "figures): " + ", ".join(shown)
+            )
 
 
 def _has_started(agent: _Agent) -> bool:

@@ -209,8 +209,9 @@ def test_personal_state_survives_rounds_and_a_retried_round_starts_from_before_i
         assert after_one.private is not None
         memo = ledger.remembered(MODEL_METRICS_MEMO)
         assert memo is not None
-        assert memo["round"] == 1
-        assert set(memo["personal"]) == set(memo["global"]) == set(fedper.task_names)
+        (latest,) = memo["history"]
+        assert latest["round"] == 1
+        assert set(latest["personal"]) == set(latest["global"]) == set(fedper.task_names)
         # A crash after training, before the result was saved: the retry must train from
         # the state before round 1, not from its own first attempt.
         store.delete(result_key(fedper.name, 1))

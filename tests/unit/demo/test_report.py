@@ -7,6 +7,8 @@ import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from fmtl.admin.client import (
     AuditVerification,
     LedgerEntry,
@@ -15,7 +17,7 @@ from fmtl.admin.client import (
     RoundInfo,
     StageInfo,
 )
-from fmtl.demo.record import DemoEvent, DemoRecord, HospitalRecord
+from fmtl.demo.record import DemoEvent, DemoRecord, HospitalRecord, LocalModels
 from fmtl.demo.report import main, render_report
 
 T0 = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
@@ -228,3 +230,27 @@ def test_hospitals_with_different_budgets_each_get_their_budget_line() -> None:
     page = render_report(record)
     assert "<title>va budget</title>" in page
     assert "<title>cleveland budget</title>" in page
+
+
+def test_report_puts_each_hospitals_personalised_figures_beside_the_federated_ones() -> None:
+    record = _record()
+    plain = render_report(record)
+    assert "kept no personalised model" in plain
+    for number, name in enumerate(HOSPITALS):
+        record.local_models[name] = [
+            LocalModels(
+                round=r,
+                federated={"disease": {"auc": 0.7, "accuracy": 0.60 + 0.01 * number, "n": 50}},
+                personalised={"disease": {"auc": 0.8, "accuracy": 0.80, "n": 50}},
+            )
+            for r in (1, 2, 3)
+        ]
+    page = render_report(record)
+    section = page[page.index('id="personalised"') : page.index('id="curves"')]
+    assert "never leaves the hospital" in section
+    # Every hospital's last round, federated -> personalised, and the mean over hospitals.
+    assert section.count("0.700 → <b>0.800</b>") == len(HOSPITALS) + 1
+    assert "0.615 → <b>0.800</b>" in section  # the mean of 0.60, 0.61, 0.62, 0.63
+    # The learning curve of disease AUC gains the personalised models' average.
+    assert "personalised (average)" in page
+    assert record.local_curve("disease", "accuracy", "federated")[-1] == (3, pytest.approx(0.615))

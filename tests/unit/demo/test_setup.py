@@ -62,9 +62,16 @@ def test_each_agent_toml_is_accepted_by_the_agents_own_loader(
             accountant="rdp",
             seed=3,
             poll_interval_s=0.5,
+            personalisation=example.personalisation,
         )
         config = parse_config(tomllib.loads(text), source=f"{hospital.name}/agent.toml")
         assert config.privacy.epsilon == 4.5
+        # Every hospital keeps the example's personalised model (a local choice).
+        assert config.personalisation.private_model
+        assert config.personalisation.model_dump() == {
+            **type(config.personalisation)().model_dump(),
+            **example.personalisation,
+        }
         assert config.coordinator.url == "http://127.0.0.1:8123"
         assert sorted(config.data.labels) == sorted(hospital.tasks)
         assert config.data.path.is_absolute()
