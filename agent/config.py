@@ -180,6 +180,13 @@ class DaemonSection(_Section):
     poll_interval_s: float = Field(
         default=5.0, gt=0.0, le=3600.0, description="Seconds between polls when idle."
     )
+    long_poll_s: float = Field(
+        default=25.0,
+        ge=0.0,
+        le=30.0,
+        description="Let the coordinator hold each poll up to this long and answer as soon "
+        "as the round moves on (0: plain polling every poll_interval_s).",
+    )
     backoff_initial_s: float = Field(
         default=1.0, gt=0.0, le=600.0, description="First wait after a network error."
     )

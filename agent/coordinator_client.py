@@ -27,6 +27,8 @@ from pydantic import BaseModel
 from agent.http_signing import RequestSigner, SignatureAuth
 from federation.round_api import (
     BINARY_MEDIA_TYPE,
+    LONG_POLL_HEADER,
+    MAX_WORK_WAIT_S,
     MODEL_DTYPE_HEADER,
     MODEL_LAYOUT_HEADER,
     MODEL_SHA256_HEADER,
@@ -112,6 +114,9 @@ class CoordinatorClient:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self._sleep = sleep
+        self.timeout_s = timeout_s
+        #: Whether the coordinator holds work polls (it said so on the last `/work`).
+        self.long_poll = False
         self._http = httpx.Client(
             base_url=self.base_url,
             auth=SignatureAuth(RequestSigner(identity, key_id)),
@@ -193,8 +198,17 @@ class CoordinatorClient:
     def profile(self) -> AgentProfile:
         return self._get(f"{AGENT_API_PREFIX}/me", AgentProfile)
 
-    def work(self) -> WorkStatus:
-        return self._get(f"{AGENT_API_PREFIX}/work", WorkStatus)
+    def work(self, *, wait_s: float = 0.0, seen: str | None = None) -> WorkStatus:
+        """The agent's work; with `wait_s` and `seen` a long poll: the coordinator answers
+        as soon as the work is no longer `seen` (`federation.round_api.work_state`), at the
+        latest after `wait_s` (kept well inside this client's timeout)."""
+        params: dict[str, str] | None = None
+        wait = min(wait_s, MAX_WORK_WAIT_S, self.timeout_s / 2)
+        if wait > 0 and seen is not None:
+            params = {"wait_s": f"{wait:g}", "seen": seen}
+        response = self._request("GET", f"{AGENT_API_PREFIX}/work", params=params)
+        self.long_poll = LONG_POLL_HEADER in response.headers
+        return _parse(response, WorkStatus)
 
     # -- protocol messages (privacy.secagg canonical bytes) --------------------------------
 
@@ -211,7 +225,7 @@ class CoordinatorClient:
         return self._get(self._round(number, "shares"), SharesIn).bundle
 
     def global_model(
-        self, number: int, dtype: Literal["float32", "float64"] = "float64"
+        self, number: int, dtype: Literal["float32", "float64"] = "float32"
     ) -> GlobalModel:
         """The model the round trains from, checked against its SHA-256 header."""
         response = self._request("GET", self._round(number, "model"), params={"dtype": dtype})

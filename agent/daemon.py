@@ -60,6 +60,8 @@ EXIT_FAILURE: Final = 1
 CLIENT_RETRIES: Final = 2
 #: After a stage that sent something, poll again this soon (the next stage may be open).
 ACTIVE_POLL_S: Final = 0.2
+#: Between two long polls (which wait in the coordinator): a floor against a tight loop.
+LONG_POLL_GAP_S: Final = 0.02
 #: Consecutive polls the coordinator refuses (401/403) before the daemon exits 1 (under
 #: systemd it is restarted, and says why in the journal each time).
 MAX_REFUSED_POLLS: Final = 3
@@ -84,9 +86,9 @@ class NotAccepted(Rejected):
 class DaemonClient(CoordinatorClient):
     """The coordinator client, telling a refused poll apart from a refused message."""
 
-    def work(self) -> WorkStatus:
+    def work(self, *, wait_s: float = 0.0, seen: str | None = None) -> WorkStatus:
         try:
-            return super().work()
+            return super().work(wait_s=wait_s, seen=seen)
         except Rejected as exc:
             if exc.status in (401, 403):
                 raise NotAccepted(exc.status, exc.problem) from None
@@ -288,7 +290,10 @@ class Daemon:
             if self.max_rounds is not None and len(self.finished) >= self.max_rounds:
                 event(_log, "max_rounds_reached", rounds=len(self.finished))
                 break
-            if result.outcome in _ACTIONS:
+            if self.participant.pushed:
+                # The next poll waits in the coordinator until the round moves on (push).
+                self._wait(LONG_POLL_GAP_S)
+            elif result.outcome in _ACTIONS:
                 self._wait(ACTIVE_POLL_S)
             else:
                 self._wait(min(self.settings.poll_interval_s, max(result.poll_after_s, 0.05)))
@@ -447,7 +452,9 @@ def run_daemon(config: AgentConfig, *, max_rounds: int | None = None, show_progr
                 show_progress=show_progress,
             )
             with _client(config, enrollment, identity) as client:
-                participant = RoundParticipant(client, identity, store, work)
+                participant = RoundParticipant(
+                    client, identity, store, work, long_poll_s=config.daemon.long_poll_s
+                )
                 event(
                     _log,
                     "started",

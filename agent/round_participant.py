@@ -42,6 +42,7 @@ from federation.round_api import (
     TaskReport,
     TrainingReport,
     update_codec,
+    work_state,
 )
 from federation.spec import FederationSpec
 from privacy.secagg import (
@@ -94,24 +95,41 @@ class RoundParticipant:
         work: LocalWork,
         *,
         on_stage: Callable[[StepResult], None] | None = None,
+        long_poll_s: float = 0.0,
     ) -> None:
         self.client = client
         self.identity = IdentityKey(identity)
         self.store = store
         self.work = work
         self.on_stage = on_stage
+        #: With > 0, each step after a successful one waits (in the coordinator, up to this
+        #: long) until the work differs from what that step saw: the next stage is pushed.
+        self.long_poll_s = long_poll_s
+        self._seen: str | None = None
         self._spec: FederationSpec | None = None
         self._spec_fingerprint: str | None = None
+
+    @property
+    def pushed(self) -> bool:
+        """Whether the next step waits in the coordinator for the round to move on (long
+        poll, answered by a coordinator that holds them), so its caller need not sleep."""
+        return self.long_poll_s > 0 and self.client.long_poll
 
     # -- the loop body -------------------------------------------------------------------------
 
     def step(self) -> StepResult:
-        """Poll once and do what the current stage needs (idempotent; see the module doc)."""
-        status = self.client.work()
+        """Poll once and do what the current stage needs (idempotent; see the module doc).
+
+        With `long_poll_s`, the poll waits until the work changed since the last step that
+        went through (a failed step's successor asks at once)."""
+        seen, self._seen = self._seen, None
+        status = self.client.work(wait_s=self.long_poll_s, seen=seen)
         assignment = status.assignment
         if assignment is None:
+            self._seen = work_state(None)
             return StepResult(Outcome.IDLE, poll_after_s=status.poll_after_s)
         result = self._step(assignment)
+        self._seen = work_state(assignment)
         result = StepResult(
             result.outcome,
             assignment.round,

@@ -66,8 +66,10 @@ from fmtl.demo.example import load_example, locate_example
 from fmtl.demo.processes import Children, child_environment, fmtl_command, run_once
 from fmtl.demo.run import free_port
 
-#: How often each lightweight agent polls for work (the same in both modes).
+#: How often each lightweight agent polls for work with `--poll` (the same in both modes).
 AGENT_POLL_S = 0.2
+#: How long the coordinator may hold an agent's work poll (push, the default).
+LONG_POLL_S = 25.0
 ROUND_TIMEOUT_S = 600.0
 console = Console()
 
@@ -108,7 +110,8 @@ class LightAgent:
         while not stop.is_set():
             try:
                 result = self.participant.step()
-                wait = min(result.poll_after_s, AGENT_POLL_S)
+                # Pushed: the next step waits in the coordinator until the round moves on.
+                wait = 0.0 if self.participant.pushed else min(result.poll_after_s, AGENT_POLL_S)
             except ClientError as exc:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 wait = AGENT_POLL_S
@@ -116,7 +119,12 @@ class LightAgent:
 
 
 def enroll(
-    base_url: str, admin: AdminClient, federation: str, name: str, spec: FederationSpec
+    base_url: str,
+    admin: AdminClient,
+    federation: str,
+    name: str,
+    spec: FederationSpec,
+    long_poll_s: float,
 ) -> LightAgent:
     invitation = admin.invite(federation, name, list(spec.task_names))
     key = Ed25519PrivateKey.generate()
@@ -134,7 +142,9 @@ def enroll(
     profile = AgentProfile.model_validate_json(response.content)
     client = CoordinatorClient(base_url, key, profile.key_id, retries=3, backoff_s=0.1)
     work = TrivialWork(spec, seed=profile.institution_id)
-    participant = RoundParticipant(client, key, InMemoryRoundStateStore(), work)
+    participant = RoundParticipant(
+        client, key, InMemoryRoundStateStore(), work, long_poll_s=long_poll_s
+    )
     return LightAgent(name, participant, client)
 
 
@@ -205,12 +215,15 @@ def measure(
     mode: str,
     rounds: int,
     hidden: list[int] | None,
+    long_poll_s: float,
 ) -> Timing:
     federation = f"latency_{mode}_{n}"
     spec_raw = bench_spec(base, federation, n, mode, hidden)
     admin.create_federation(spec_raw)
     spec = FederationSpec.model_validate(spec_raw)
-    agents = [enroll(base_url, admin, federation, f"site_{i:03d}", spec) for i in range(n)]
+    agents = [
+        enroll(base_url, admin, federation, f"site_{i:03d}", spec, long_poll_s) for i in range(n)
+    ]
     stop = threading.Event()
     threads = [threading.Thread(target=a.loop, args=(stop,), daemon=True) for a in agents]
     for thread in threads:
@@ -241,7 +254,13 @@ def main(argv: list[str] | None = None) -> int:
         "--ns", type=str, default=None, help="comma-separated n values (default 4,16,32)"
     )
     parser.add_argument("--hidden", type=str, default=None, help="encoder widths, e.g. 256,128")
+    parser.add_argument(
+        "--poll",
+        action="store_true",
+        help=f"agents poll every {AGENT_POLL_S} s instead of long polling (the old way)",
+    )
     args = parser.parse_args(argv)
+    long_poll_s = 0.0 if args.poll else LONG_POLL_S
     # The lightweight agents' own warnings (e.g. a report arriving after a plain round
     # closed) are not what this benchmark measures.
     logging.getLogger("agent").setLevel(logging.ERROR)
@@ -294,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
                 for n in ns:
                     for mode in ("secure", "plain"):
                         with console.status(f"n={n} {mode}: {rounds} round(s)..."):
-                            timing = measure(base_url, admin, base, n, mode, rounds, hidden)
+                            timing = measure(
+                                base_url, admin, base, n, mode, rounds, hidden, long_poll_s
+                            )
                         timings.append(timing)
                         console.print(
                             f"n={n:>3} {mode:>6}: median {timing.median:.2f} s over "
@@ -333,9 +354,10 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
     console.print(breakdown)
+    how = f"polling every {AGENT_POLL_S} s" if args.poll else f"long polls of {LONG_POLL_S:g} s"
     console.print(
-        f"agents: threads driving RoundParticipant with a trivial LocalWork, polling every "
-        f"{AGENT_POLL_S} s; coordinator: embedded (SQLite, in-process worker); "
+        f"agents: threads driving RoundParticipant with a trivial LocalWork, {how}; "
+        f"coordinator: embedded (SQLite, in-process worker); "
         f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs"
     )
     headline = 32 if 32 in ratios else max(ratios)  # 32 unless --ns left it out

@@ -9,6 +9,7 @@ migrates the database: `fmtl coordinator serve` does that first (embedded), or
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
@@ -34,13 +35,15 @@ from coordinator.results.views import router as results_router
 from coordinator.rounds.agent_views import UPLOAD_PREFIX
 from coordinator.rounds.agent_views import router as round_agent_router
 from coordinator.rounds.agent_views import upload_router as round_upload_router
+from coordinator.rounds.events import RedisSubscriber
 from coordinator.rounds.views import router as rounds_router
 from coordinator.runtime import Runtime
 from coordinator.settings import Settings
-from coordinator.worker import EmbeddedWorker, create_celery
-from fmtl import __version__
+from coordinator.worker import EmbeddedWorker, FollowupDispatcher, create_celery
 
 API_TITLE: Final = "fmtl coordinator"
+#: The installed distribution's version (read from its metadata, not from an upper layer).
+VERSION: Final = importlib.metadata.version("fmtl")
 #: Paths whose handlers stream bodies into the blob store with their own size limit
 #: (masked-update uploads of the round engine).
 STREAMED_UPLOAD_PREFIXES: Final = (UPLOAD_PREFIX + "/",)
@@ -57,22 +60,29 @@ def create_app(settings: Settings, *, start_embedded_worker: bool = True) -> Fas
             embedded = EmbeddedWorker(celery, settings.tick_interval_s)
             await run_in_threadpool(embedded.start)
         app.state.embedded_worker = embedded
+        # Round events from worker processes reach this process's long-polling agents.
+        subscriber = RedisSubscriber(runtime.events) if runtime.events.redis_url else None
+        if subscriber is not None:
+            subscriber.start()
         try:
             yield
         finally:
+            if subscriber is not None:
+                await run_in_threadpool(subscriber.stop)
             if embedded is not None:
                 await run_in_threadpool(embedded.stop)
             runtime.db.dispose()
 
     app = FastAPI(
         title=API_TITLE,
-        version=__version__,
+        version=VERSION,
         description="Federated multi-task learning with secure aggregation and "
         "differential privacy: the coordinator's API. Errors are application/problem+json.",
         lifespan=lifespan,
     )
     app.state.runtime = runtime
     app.state.celery = celery
+    app.state.followups = FollowupDispatcher(celery)
     app.state.embedded_worker = None
     registry = CollectorRegistry()
     app.state.metrics_registry = registry

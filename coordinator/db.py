@@ -13,7 +13,7 @@ transaction and commits it itself, audit entry included.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -115,6 +115,23 @@ class Database:
         self.url = url
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
+        self._after_commit: list[Callable[[Session], None]] = []
+
+    def after_commit(self, hook: Callable[[Session], None]) -> None:
+        """Call `hook(session)` after every commit of a session made here (e.g. to publish
+        what the transaction changed, once it is visible to everyone)."""
+        self._after_commit.append(hook)
+
+    def _sessionmaker(self) -> sessionmaker[Session]:
+        sessions = sessionmaker(self.engine, expire_on_commit=False)
+        hooks = self._after_commit
+
+        @event.listens_for(sessions, "after_commit")
+        def _committed(session: Session) -> None:
+            for hook in hooks:
+                hook(session)
+
+        return sessions
 
     @property
     def engine(self) -> Engine:
@@ -128,7 +145,7 @@ class Database:
 
     def session(self) -> Session:
         if self._sessions is None:
-            self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+            self._sessions = self._sessionmaker()
         return self._sessions()
 
     @contextmanager

@@ -11,6 +11,7 @@ from coordinator.auth.signatures import SignaturePolicy
 from coordinator.blobs.local import LocalBlobStore
 from coordinator.blobs.store import BlobStore
 from coordinator.db import Database
+from coordinator.rounds.events import RoundEvents, take_changed
 from coordinator.settings import Settings
 from coordinator.signing import SigningKey, load_signing_key
 
@@ -37,14 +38,17 @@ class Runtime:
     settings: Settings
     db: Database
     blobs: BlobStore
+    events: RoundEvents
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
-        return cls(
-            settings=settings,
-            db=Database(settings.resolved_database_url),
-            blobs=blob_store(settings),
+        events = RoundEvents(
+            None if settings.embedded_worker else settings.broker_url,
+            channel=f"{settings.queue}:round-events",
         )
+        db = Database(settings.resolved_database_url)
+        db.after_commit(lambda session: events.publish(take_changed(session)))
+        return cls(settings=settings, db=db, blobs=blob_store(settings), events=events)
 
     @cached_property
     def signing_key(self) -> SigningKey:

@@ -121,6 +121,27 @@ def create_celery(settings: Settings, runtime: Runtime | None = None) -> Coordin
     return app
 
 
+class FollowupDispatcher:
+    """The API process's `FollowupSink`: a stage that the request completed is closed right
+    here, in the request, once its transaction committed (no hand-off through the broker:
+    HTTP -> protocol -> engine); everything else (unmasking slices, deadline countdowns,
+    blob clean-up) goes to the workers through Celery."""
+
+    def __init__(self, app: CoordinatorCelery) -> None:
+        self.app = app
+
+    def send(self, followups: Sequence[Followup]) -> None:
+        queued: list[Followup] = []
+        pending = list(followups)
+        while pending:
+            followup = pending.pop(0)
+            if followup.task == ADVANCE_TASK and not followup.countdown:
+                pending += advance_round(self.app.runtime, followup.args[0])
+            else:
+                queued.append(followup)
+        send_followups(self.app, queued)
+
+
 def send_followups(app: Celery, followups: Sequence[Followup]) -> None:
     """Send the tasks a committed transaction asked for; unmasking slices go as one group.
 

@@ -185,6 +185,24 @@ class RoundAssignment(_Wire):
     failure_reason: str | None = None
 
 
+#: Longest the coordinator holds a `GET /agent/v1/work?wait_s=...&seen=...` long poll.
+MAX_WORK_WAIT_S: Final = 30.0
+#: Header of a `/work` answer from a coordinator that holds long polls (its value: the
+#: longest wait); an agent that does not see it falls back to polling.
+LONG_POLL_HEADER: Final = "X-Fmtl-Long-Poll"
+
+
+def work_state(assignment: RoundAssignment | None) -> str:
+    """What an agent saw of its work, as `GET /agent/v1/work?seen=` carries it: a long poll
+    answers as soon as the agent's round, stage or status is no longer this."""
+    if assignment is None:
+        return "none"
+    return (
+        f"{assignment.federation}/{assignment.round}/{assignment.stage.value}/"
+        f"{assignment.status.value}"
+    )
+
+
 class WorkStatus(_Wire):
     """Answer of `GET /agent/v1/work`: the agent's current round, or none."""
 

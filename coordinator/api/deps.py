@@ -32,6 +32,7 @@ from coordinator.auth.models import Role
 from coordinator.auth.signatures import ReceivedRequest, verify_agent_request
 from coordinator.errors import AuthenticationFailed, PermissionDenied
 from coordinator.institutions.models import Institution
+from coordinator.rounds.followups import FollowupSink
 from coordinator.runtime import Runtime
 
 ACCESS_ATTRIBUTE: Final = "__fmtl_access__"
@@ -58,6 +59,15 @@ def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_followups(request: Request) -> FollowupSink:
+    """Where a request sends the follow-ups of its committed transaction."""
+    sink: FollowupSink = request.app.state.followups
+    return sink
+
+
+FollowupsDep = Annotated[FollowupSink, Depends(get_followups)]
 
 
 def get_session(runtime: RuntimeDep) -> Iterator[Session]:
@@ -135,6 +145,27 @@ async def signed_agent(request: Request, runtime: RuntimeDep, session: SessionDe
     )
 
 
+async def signed_agent_detached(request: Request, runtime: RuntimeDep) -> Institution:
+    """`signed_agent` for requests that wait (long polls): the signature is checked in a
+    session of its own, closed before the handler runs, so no database connection is held
+    while the request waits. The institution is detached (its columns are loaded)."""
+    received = ReceivedRequest(
+        method=request.method,
+        raw_path=request.scope.get("raw_path", request.url.path.encode()).decode("latin-1"),
+        query=request.scope.get("query_string", b"").decode("latin-1"),
+        headers=list(request.headers.items()),
+        body=await request.body(),
+    )
+
+    def verify() -> Institution:
+        with runtime.db.scope() as session:
+            institution = verify_agent_request(session, received, runtime.signature_policy)
+            session.expunge(institution)
+            return institution
+
+    return await run_in_threadpool(verify)
+
+
 def enrollment_token() -> None:
     """Marks the enrollment endpoint: its credential is the one-time token in the body."""
 
@@ -144,6 +175,7 @@ def public() -> None:
 
 
 _declare(signed_agent, Access(AccessKind.AGENT))
+_declare(signed_agent_detached, Access(AccessKind.AGENT))
 _declare(enrollment_token, Access(AccessKind.ENROLLMENT))
 _declare(public, Access(AccessKind.PUBLIC))
 
@@ -156,6 +188,7 @@ ReaderDep = Annotated[Person, Depends(require_roles(*READERS))]
 OperatorDep = Annotated[Person, Depends(require_roles(Role.ADMIN, Role.OPERATOR))]
 AuditorDep = Annotated[Person, Depends(require_roles(*AUDITORS))]
 AgentDep = Annotated[Institution, Depends(signed_agent)]
+DetachedAgentDep = Annotated[Institution, Depends(signed_agent_detached)]
 EnrollmentDep = Depends(enrollment_token)
 PublicDep = Depends(public)
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from coordinator.api.deps import (
     Access,
     AccessKind,
+    FollowupsDep,
     PublicDep,
     RuntimeDep,
     SessionDep,
@@ -204,14 +205,13 @@ def start_round(
     viewer: AdminView,
     runtime: RuntimeDep,
     session: SessionDep,
+    followups: FollowupsDep,
 ) -> Response:
-    from coordinator.worker import send_followups
-
     get_federation(session, federation)
-    round_, followups = engine.start_round(
+    round_, sent = engine.start_round(
         session, runtime.blobs, runtime.settings, federation, actor=viewer.person.actor
     )
-    send_followups(request.app.state.celery, followups)
+    followups.send(sent)
     return redirect(f"{PREFIX}/federations/{federation}/rounds/{round_.number}")
 
 

@@ -10,6 +10,7 @@ round's, and its SHA-256 must equal the signed `Content-Digest`, or nothing is k
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
@@ -21,6 +22,8 @@ from coordinator.api.deps import (
     Access,
     AccessKind,
     AgentDep,
+    DetachedAgentDep,
+    FollowupsDep,
     RuntimeDep,
     SessionDep,
     declare_access,
@@ -31,12 +34,14 @@ from coordinator.blobs.store import BlobRef, BlobStore
 from coordinator.errors import CoordinatorError, InvalidInput, PayloadTooLarge, SignatureRejected
 from coordinator.institutions.models import Institution
 from coordinator.rounds import protocol
+from coordinator.rounds.events import RECHECK_S
 from coordinator.rounds.protocol import Accepted, UploadTarget
 from coordinator.runtime import Runtime
-from coordinator.worker import send_followups
 from federation.round_api import (
     BINARY_MEDIA_TYPE,
+    LONG_POLL_HEADER,
     MASKED_INPUT_HEADER_BYTES,
+    MAX_WORK_WAIT_S,
     MODEL_DTYPE_HEADER,
     MODEL_LAYOUT_HEADER,
     MODEL_SHA256_HEADER,
@@ -53,6 +58,7 @@ from federation.round_api import (
     TrainingReport,
     UnmaskShares,
     WorkStatus,
+    work_state,
 )
 from federation.wire import AGENT_API_PREFIX
 from privacy.secagg import MalformedMessage, MaskedInput
@@ -76,17 +82,52 @@ upload_router = APIRouter(
 RoundNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="Round number (from 1).")]
 
 
-def _send(request: Request, accepted: Accepted) -> Receipt:
-    send_followups(request.app.state.celery, accepted.followups)
+def _send(followups: FollowupsDep, accepted: Accepted) -> Receipt:
+    followups.send(accepted.followups)
     return accepted.receipt
 
 
-@router.get("/work", summary="The calling agent's current round and stage, if any")
-def work(institution: AgentDep, runtime: RuntimeDep, session: SessionDep) -> WorkStatus:
-    return WorkStatus(
-        assignment=protocol.assignment(session, institution),
-        poll_after_s=runtime.settings.work_poll_interval_s,
-    )
+@router.get("/work", summary="The calling agent's current round and stage (long poll)")
+async def work(
+    institution: DetachedAgentDep,
+    runtime: RuntimeDep,
+    response: Response,
+    wait_s: Annotated[
+        float,
+        Query(
+            ge=0.0,
+            le=MAX_WORK_WAIT_S,
+            description="Hold the answer up to this long while the agent's work is still "
+            "`seen` (long poll); 0: answer at once.",
+        ),
+    ] = 0.0,
+    seen: Annotated[
+        str | None,
+        Query(max_length=300, description="What the agent saw last (`work_state`)."),
+    ] = None,
+) -> WorkStatus:
+    """Answers at once, or, with `wait_s` and `seen`, as soon as the agent's round, stage
+    or status differs from `seen` (a stage change wakes it through the round events), at
+    the latest after `wait_s`. No database connection is held while it waits."""
+
+    def read() -> WorkStatus:
+        with runtime.db.scope() as session:
+            return WorkStatus(
+                assignment=protocol.assignment(session, institution),
+                poll_after_s=runtime.settings.work_poll_interval_s,
+            )
+
+    response.headers[LONG_POLL_HEADER] = f"{MAX_WORK_WAIT_S:g}"
+    deadline = time.monotonic() + wait_s
+    with runtime.events.listen(institution.federation_id) as waiter:
+        found = await run_in_threadpool(read)
+        while seen is not None and work_state(found.assignment) == seen:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await waiter.wait(min(left, RECHECK_S))
+            found = await run_in_threadpool(read)
+    return found
 
 
 @router.post("/rounds/{number}/keys", summary="Round 0: advertise this round's public keys")
@@ -95,9 +136,9 @@ def advertise_keys(
     body: AdvertiseKeys,
     institution: AgentDep,
     session: SessionDep,
-    request: Request,
+    followups: FollowupsDep,
 ) -> Receipt:
-    return _send(request, protocol.accept_advert(session, institution, number, body.advert))
+    return _send(followups, protocol.accept_advert(session, institution, number, body.advert))
 
 
 @router.get("/rounds/{number}/keys", summary="Round 1 input: every advertised key (U1)")
@@ -111,9 +152,9 @@ def send_shares(
     body: SharesOut,
     institution: AgentDep,
     session: SessionDep,
-    request: Request,
+    followups: FollowupsDep,
 ) -> Receipt:
-    return _send(request, protocol.accept_shares(session, institution, number, body.message))
+    return _send(followups, protocol.accept_shares(session, institution, number, body.message))
 
 
 @router.get("/rounds/{number}/shares", summary="Round 2 input: the shares addressed to me")
@@ -161,9 +202,9 @@ def sign_survivors(
     body: SurvivorSignature,
     institution: AgentDep,
     session: SessionDep,
-    request: Request,
+    followups: FollowupsDep,
 ) -> Receipt:
-    return _send(request, protocol.accept_signature(session, institution, number, body.signature))
+    return _send(followups, protocol.accept_signature(session, institution, number, body.signature))
 
 
 @router.get("/rounds/{number}/consistency", summary="Round 4 input: >= t signatures on U3")
@@ -179,9 +220,9 @@ def unmask(
     body: UnmaskShares,
     institution: AgentDep,
     session: SessionDep,
-    request: Request,
+    followups: FollowupsDep,
 ) -> Receipt:
-    return _send(request, protocol.accept_unmask(session, institution, number, body.response))
+    return _send(followups, protocol.accept_unmask(session, institution, number, body.response))
 
 
 @router.post("/rounds/{number}/report", summary="Task-wise metrics of the global model, DP spend")
@@ -190,9 +231,9 @@ def report(
     body: TrainingReport,
     institution: AgentDep,
     session: SessionDep,
-    request: Request,
+    followups: FollowupsDep,
 ) -> Receipt:
-    return _send(request, protocol.accept_report(session, institution, number, body))
+    return _send(followups, protocol.accept_report(session, institution, number, body))
 
 
 @router.post("/rounds/{number}/decline", summary="Leave the round now, with a reason")
@@ -201,9 +242,9 @@ def decline(
     body: Decline,
     institution: AgentDep,
     session: SessionDep,
-    request: Request,
+    followups: FollowupsDep,
 ) -> Receipt:
-    return _send(request, protocol.decline(session, institution, number, body.reason))
+    return _send(followups, protocol.decline(session, institution, number, body.reason))
 
 
 # --- the streamed masked update -------------------------------------------------------------
@@ -288,7 +329,11 @@ def _check_header(header: bytes, target: UploadTarget) -> None:
     summary="Round 2: upload my masked update (binary privacy.secagg MaskedInput, streamed)",
 )
 async def upload_masked_update(
-    number: RoundNumber, signed: SignedUploadDep, runtime: RuntimeDep, request: Request
+    number: RoundNumber,
+    signed: SignedUploadDep,
+    runtime: RuntimeDep,
+    request: Request,
+    followups: FollowupsDep,
 ) -> Receipt:
     institution, digest = signed
     target = await run_in_threadpool(_target, runtime, institution, number)
@@ -313,7 +358,8 @@ async def upload_masked_update(
         if stored.sha256 != target.existing_sha256:  # keep nothing of a refused upload
             await run_in_threadpool(blobs.delete, key)
         raise
-    return _send(request, accepted)
+    await run_in_threadpool(followups.send, accepted.followups)
+    return accepted.receipt
 
 
 def _target(runtime: Runtime, institution: Institution, number: int) -> UploadTarget:

@@ -8,8 +8,9 @@ sends them; `coordinator.tasks` runs them).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 ADVANCE_TASK: Final = "fmtl.round.advance"
 SLICE_TASK: Final = "fmtl.round.unmask_slice"
@@ -26,3 +27,10 @@ class Followup:
     task: str
     args: tuple[int, ...]
     countdown: float | None = None
+
+
+class FollowupSink(Protocol):
+    """Where a request hands the follow-ups of its committed transaction (injected into the
+    HTTP layer, which so never imports the worker: `coordinator.worker.FollowupDispatcher`)."""
+
+    def send(self, followups: Sequence[Followup]) -> None: ...

@@ -24,6 +24,7 @@ from coordinator.errors import InvalidInput, NotFound, StateConflict
 from coordinator.federations.models import Federation
 from coordinator.federations.service import get_federation
 from coordinator.institutions.models import EnrollmentState, Institution
+from coordinator.rounds.events import mark_changed
 from coordinator.rounds.models import (
     STAGE_ORDER,
     TERMINAL_STAGES,
@@ -189,6 +190,7 @@ def enter_stage(
         closing.closed_at = now
         closing.responders = responders
     session.add(RoundStageRecord(round_id=round_.id, stage=stage, opened_at=now, deadline=deadline))
+    mark_changed(session, round_.federation_id)  # agents long-polling learn of it on commit
     round_.stage = stage
     round_.stage_deadline = deadline
     if current is RoundStage.SCHEDULED:

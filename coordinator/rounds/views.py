@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, status
+from fastapi import APIRouter, Path, status
 
-from coordinator.api.deps import AdminDep, ReaderDep, RuntimeDep, SessionDep
+from coordinator.api.deps import AdminDep, FollowupsDep, ReaderDep, RuntimeDep, SessionDep
 from coordinator.api.problems import problem_responses
 from coordinator.rounds import engine, service
 from coordinator.rounds.schemas import RoundOut, RoundSummary
@@ -40,14 +40,12 @@ def start_round(
     person: AdminDep,
     runtime: RuntimeDep,
     session: SessionDep,
-    request: Request,
+    followups: FollowupsDep,
 ) -> RoundOut:
-    from coordinator.worker import send_followups
-
-    round_, followups = engine.start_round(
+    round_, sent = engine.start_round(
         session, runtime.blobs, runtime.settings, federation, actor=person.actor
     )
-    send_followups(request.app.state.celery, followups)
+    followups.send(sent)
     return RoundOut.of(service.get_round(session, federation, round_.number))
 
 

@@ -29,6 +29,8 @@ def test_backoff_grows_exponentially_caps_and_jitters() -> None:
 
 
 class _Participant:
+    pushed = False  # a coordinator that answers polls at once: the daemon paces them
+
     def __init__(self, script: Iterator[object]) -> None:
         self.script = script
 

@@ -80,11 +80,14 @@ def test_an_unreachable_coordinator_is_a_typed_error_after_the_retries() -> None
     assert calls == 3
 
 
-def test_a_model_download_is_checked_against_its_digest() -> None:
-    vector = np.arange(6, dtype="<f8")
+def test_a_model_download_is_float32_on_the_wire_and_checked_against_its_digest() -> None:
+    # The model is stored as float32: it travels as such (half the bytes of float64).
+    vector = np.arange(6, dtype="<f4")
     content = vector.tobytes()
+    asked: list[str | None] = []
 
     def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params.get("dtype"))
         digest = hashlib.sha256(content).hexdigest()
         if request.url.path.endswith("/2/model"):
             digest = "0" * 64
@@ -93,7 +96,7 @@ def test_a_model_download_is_checked_against_its_digest() -> None:
             content=content,
             headers={
                 MODEL_SHA256_HEADER: digest,
-                MODEL_DTYPE_HEADER: "float64",
+                MODEL_DTYPE_HEADER: "float32",
                 MODEL_VERSION_HEADER: "4",
                 MODEL_LAYOUT_HEADER: "abc",
             },
@@ -102,7 +105,9 @@ def test_a_model_download_is_checked_against_its_digest() -> None:
     client = client_with(httpx.MockTransport(handle))
     model = client.global_model(1)
     assert model.version == 4
-    np.testing.assert_array_equal(model.vector, vector)
+    assert asked == ["float32"]
+    assert model.vector.dtype == np.float64
+    np.testing.assert_array_equal(model.vector, vector.astype(np.float64))
     with pytest.raises(BadResponse, match="SHA-256"):
         client.global_model(2)
 

@@ -7,7 +7,7 @@ with real worker processes, PostgreSQL and Redis.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 
 import numpy as np
@@ -45,11 +45,20 @@ from .conftest import TEST_ACTOR, EnrolledAgent, enroll_agent
 TASKS_HELD = (("disease", "severity"), ("disease",), ("severity", "max_heart_rate"))
 
 
-def drain(runtime: Runtime, followups: list[Followup] | tuple[Followup, ...] = ()) -> None:
-    """Run the engine's follow-up tasks (and one tick) as a worker would, deadlines aside."""
-    queue = [*followups, *tasks.tick(runtime).followups]
+def drain(
+    runtime: Runtime,
+    followups: Sequence[Followup] = (),
+    *,
+    tick: bool = True,
+    lost: frozenset[str] = frozenset(),
+) -> None:
+    """Run the engine's follow-up tasks (and one tick) as a worker would, deadlines aside
+    (and the `lost` kinds of tasks, which no worker ever gets)."""
+    queue = [*followups, *(tasks.tick(runtime).followups if tick else ())]
     while queue:
         followup = queue.pop(0)
+        if followup.task in lost:
+            continue
         if followup.countdown is not None and followup.task == ADVANCE_TASK:
             continue  # a deadline: tests move the clock explicitly
         if followup.task == ADVANCE_TASK:
@@ -67,6 +76,18 @@ def small_slices(settings: Settings) -> Settings:
     return settings.model_copy(update={"unmask_slice_coordinates": 1024})
 
 
+class InlineWorker:
+    """The app's follow-up sink in these tests: runs what a request asks for at once, as a
+    worker with an empty queue would (deadlines aside)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.lost: frozenset[str] = frozenset()  # tasks no worker takes
+
+    def send(self, followups: Sequence[Followup]) -> None:
+        drain(self.runtime, followups, tick=False, lost=self.lost)
+
+
 @pytest.fixture
 def round_app(small_slices: Settings, runtime: Runtime) -> FastAPI:
     from coordinator.app import create_app
@@ -74,6 +95,7 @@ def round_app(small_slices: Settings, runtime: Runtime) -> FastAPI:
     runtime.settings = small_slices
     app = create_app(small_slices, start_embedded_worker=False)
     app.state.runtime = runtime
+    app.state.followups = InlineWorker(runtime)
     return app
 
 
@@ -381,6 +403,7 @@ def test_a_slice_whose_worker_died_is_redone_after_its_lease(
     round_id = start(runtime, federation.name)
     # Run the protocol, but hold back the aggregation tasks: a "worker" takes slice 0's
     # lease and dies.
+    http.app.state.followups.lost = frozenset({SLICE_TASK, FINISH_TASK})  # type: ignore[attr-defined]
     for _ in range(10):
         for part in parts:
             part.step()
@@ -439,3 +462,45 @@ def test_a_federation_with_a_round_interval_gets_rounds_from_the_tick(
         started = check.get_one(Round, first.started_rounds[0])
         assert started.stage is RoundStage.ADVERTISE_KEYS
         assert len(started.participants) == 3
+
+
+def test_a_long_poll_answers_when_the_stage_changes_and_waits_while_it_does_not(
+    runtime: Runtime,
+    http: TestClient,
+    federation: Federation,
+    agents: list[EnrolledAgent],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from coordinator.rounds import agent_views
+    from federation.round_api import Stage, work_state
+
+    # Only an event can wake the poll early: its periodic re-read is pushed out of reach.
+    monkeypatch.setattr(agent_views, "RECHECK_S", 600.0)
+    works = works_for(federation, 3)
+    parts = [participant(http, a, w) for a, w in zip(agents, works, strict=True)]
+    start(runtime, federation.name)
+    first = parts[0].client.work()
+    assert first.assignment is not None and first.assignment.stage is Stage.ADVERTISE_KEYS
+    seen = work_state(first.assignment)
+    # Nothing changes: the poll is held for its whole wait, then answers the same work.
+    same = parts[0].client.work(wait_s=0.3, seen=seen)
+    assert work_state(same.assignment) == seen
+    assert parts[0].client.long_poll
+    answers = []
+    poll = threading.Thread(
+        target=lambda: answers.append(parts[0].client.work(wait_s=30.0, seen=seen)),
+        daemon=True,
+    )
+    poll.start()
+    deadline = utcnow() + timedelta(seconds=20)
+    while runtime.events.waiting() == 0 and utcnow() < deadline:
+        poll.join(0.05)
+    assert runtime.events.waiting() == 1  # it waits, holding no database session
+    for part in parts:  # every agent advertises: the last message closes the stage
+        part.step()
+    poll.join(20)  # well before the poll's own 30 s: woken by the stage change
+    assert not poll.is_alive()
+    assert answers[0].assignment is not None
+    assert answers[0].assignment.stage is Stage.SHARE_KEYS
