@@ -46,12 +46,10 @@ from federation.round_api import (
     UnmaskShares,
     WorkStatus,
 )
-from federation.wire import AGENT_API_PREFIX, AgentProfile
+from federation.wire import AGENT_API_PREFIX, UPLOAD_PREFIX, AgentProfile
 
 #: Statuses that mean "the coordinator (or a proxy) is momentarily unavailable".
 RETRIED_STATUSES: Final = frozenset({502, 503, 504})
-#: Where masked updates are uploaded (a streamed endpoint).
-UPLOAD_PREFIX: Final = AGENT_API_PREFIX + "/uploads"
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -32,7 +32,6 @@ from coordinator.institutions.views import router as institutions_router
 from coordinator.ledger.views import router as ledger_router
 from coordinator.model_versions.views import router as models_router
 from coordinator.results.views import router as results_router
-from coordinator.rounds.agent_views import UPLOAD_PREFIX
 from coordinator.rounds.agent_views import router as round_agent_router
 from coordinator.rounds.agent_views import upload_router as round_upload_router
 from coordinator.rounds.events import RedisSubscriber
@@ -40,6 +39,7 @@ from coordinator.rounds.views import router as rounds_router
 from coordinator.runtime import Runtime
 from coordinator.settings import Settings
 from coordinator.worker import EmbeddedWorker, FollowupDispatcher, create_celery
+from federation.wire import UPLOAD_PREFIX
 
 API_TITLE: Final = "fmtl coordinator"
 #: The installed distribution's version (read from its metadata, not from an upper layer).

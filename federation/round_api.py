@@ -37,6 +37,7 @@ from federation.layout import ParameterLayout, SegmentKind
 from federation.spec import FederationSpec, Name
 from federation.wire import _from_base64url, _to_base64url
 from privacy.secagg.encoding import FixedPointCodec, FloatSegment, IntSegment, Segment
+from privacy.secagg.messages import MaskedInput
 
 # Variable-length binary fields (secagg messages) ---------------------------------------------
 
@@ -70,22 +71,13 @@ MODEL_LAYOUT_HEADER: Final = "X-Fmtl-Layout-Fingerprint"
 MODEL_SHA256_HEADER: Final = "X-Fmtl-Model-Sha256"
 ModelDtype = Literal["float32", "float64"]
 
-#: Bytes before the vector in a `MaskedInput` (privacy/secagg/messages.py): tag (4),
-#: format version (1), round id (32), sender (4), bits (1), vector length prefix (8).
-MASKED_INPUT_HEADER_BYTES: Final = 4 + 1 + 32 + 4 + 1 + 8
-
 
 def masked_update_size(vector_length: int, bits: int) -> int:
-    """The exact size of a masked-update upload for a round (header + little-endian vector)."""
+    """The exact size of a masked-update upload for a round (`privacy.secagg.MaskedInput`
+    owns the format)."""
     if bits not in (32, 64):
         raise ValueError(f"bits must be 32 or 64, got {bits}")
-    return MASKED_INPUT_HEADER_BYTES + vector_length * (bits // 8)
-
-
-def masked_slice_range(start: int, stop: int, bits: int) -> tuple[int, int]:
-    """Byte range of coordinates [start, stop) inside a stored masked update."""
-    item = bits // 8
-    return MASKED_INPUT_HEADER_BYTES + start * item, MASKED_INPUT_HEADER_BYTES + stop * item
+    return MaskedInput.size(vector_length, bits)
 
 
 def update_codec(spec: FederationSpec, participants: int) -> FixedPointCodec:
@@ -332,7 +324,6 @@ DECLINE_BUDGET: Final = "budget"
 __all__ = [
     "BINARY_MEDIA_TYPE",
     "DECLINE_BUDGET",
-    "MASKED_INPUT_HEADER_BYTES",
     "MODEL_DTYPE_HEADER",
     "MODEL_LAYOUT_HEADER",
     "MODEL_SHA256_HEADER",
@@ -359,7 +350,6 @@ __all__ = [
     "TrainingReport",
     "UnmaskShares",
     "WorkStatus",
-    "masked_slice_range",
     "masked_update_size",
     "update_codec",
 ]

@@ -36,6 +36,8 @@ from federation.spec import FederationSpec, Name
 
 #: Path prefix of every endpoint an agent calls.
 AGENT_API_PREFIX: Final = "/agent/v1"
+#: Where agents upload masked updates (streamed bodies, exempt from the JSON body limit).
+UPLOAD_PREFIX: Final = AGENT_API_PREFIX + "/uploads"
 
 #: RFC 9421 algorithm identifier (section 3.3.6).
 SIGNATURE_ALGORITHM: Final = "ed25519"

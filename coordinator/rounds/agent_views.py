@@ -40,7 +40,6 @@ from coordinator.runtime import Runtime
 from federation.round_api import (
     BINARY_MEDIA_TYPE,
     LONG_POLL_HEADER,
-    MASKED_INPUT_HEADER_BYTES,
     MAX_WORK_WAIT_S,
     MODEL_DTYPE_HEADER,
     MODEL_LAYOUT_HEADER,
@@ -60,13 +59,13 @@ from federation.round_api import (
     WorkStatus,
     work_state,
 )
-from federation.wire import AGENT_API_PREFIX
+from federation.wire import AGENT_API_PREFIX, UPLOAD_PREFIX
 from privacy.secagg import MalformedMessage, MaskedInput
+
+__all__ = ["UPLOAD_PREFIX", "router", "upload_router"]
 
 #: Bytes handed to the blob store at a time while an upload streams in.
 UPLOAD_CHUNK_BYTES = 1 << 20
-#: Where streamed uploads go (the body-size middleware leaves this prefix to the handler).
-UPLOAD_PREFIX = AGENT_API_PREFIX + "/uploads"
 
 router = APIRouter(
     prefix=AGENT_API_PREFIX,
@@ -282,8 +281,8 @@ async def _checked_stream(request: Request, target: UploadTarget) -> AsyncIterat
     async for chunk in request.stream():
         buffered.append(chunk)
         size += len(chunk)
-        if not checked and size >= MASKED_INPUT_HEADER_BYTES:
-            _check_header(b"".join(buffered)[:MASKED_INPUT_HEADER_BYTES], target)
+        if not checked and size >= MaskedInput.HEADER_SIZE:
+            _check_header(b"".join(buffered)[: MaskedInput.HEADER_SIZE], target)
             checked = True
         if checked and size >= UPLOAD_CHUNK_BYTES:
             yield b"".join(buffered)
@@ -295,11 +294,8 @@ async def _checked_stream(request: Request, target: UploadTarget) -> AsyncIterat
 
 
 def _check_header(header: bytes, target: UploadTarget) -> None:
-    # The header with an empty vector lets the secagg parser check tag, version, round id,
-    # sender and bits; the declared vector length (the last 8 bytes) is checked here.
-    declared = int.from_bytes(header[-8:], "big")
     try:
-        parsed = MaskedInput.from_bytes(header[:-8] + (0).to_bytes(8, "big"))
+        parsed = MaskedInput.parse_header(header)
     except MalformedMessage as exc:
         raise InvalidInput(f"not a masked update: {exc}") from None
     if parsed.round_id != target.round_id:
@@ -310,10 +306,10 @@ def _check_header(header: bytes, target: UploadTarget) -> None:
         )
     if parsed.bits != target.bits:
         raise InvalidInput(f"the round aggregates {target.bits}-bit integers, not {parsed.bits}")
-    if declared != target.vector_length * (target.bits // 8):
+    if parsed.vector_length != target.vector_length:
         raise InvalidInput(
-            f"the masked update has {declared} vector bytes; the round's update layout needs "
-            f"{target.vector_length} coordinates of {target.bits} bits"
+            f"the masked update has {parsed.vector_length} coordinates; the round's update "
+            f"layout needs {target.vector_length} coordinates of {target.bits} bits"
         )
 
 

@@ -56,8 +56,8 @@ from federation.aggregation import ServerState, apply_sums
 from federation.errors import FederationError
 from federation.layout import ParameterLayout
 from federation.metrics import federation_metrics
-from federation.round_api import masked_slice_range, update_codec
-from privacy.secagg import SecAggError, add_masked, ring_dtype, unmask_slice
+from federation.round_api import update_codec
+from privacy.secagg import MaskedInput, SecAggError, add_masked, ring_dtype, unmask_slice
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def unmask_one_slice(runtime: Runtime, round_id: int, index: int) -> list[Follow
         subject = state.subject(federation, round_)
     dtype = ring_dtype(plan.bits)
     total = np.zeros(stop - start, dtype=dtype)
-    first, last = masked_slice_range(start, stop, plan.bits)
+    first, last = MaskedInput.byte_range(start, stop, plan.bits)
     little = dtype.newbyteorder("<")
     for blob_key in keys:
         raw = blobs.read_range(blob_key, first, last)

@@ -409,16 +409,7 @@ def _close_masked(
     uploaded = [pid for pid in state.uploaders(session, round_) if pid in alive]
     if state.mode_of(round_) is AggregationMode.PLAIN:
         survivors = close_masked_input(config, config.ids, uploaded)
-        context = config.context
-        plan = UnmaskPlan(
-            config.digest,
-            context.federation,
-            context.round,
-            config.bits,
-            config.vector_length,
-            survivors.survivors,
-            (),
-        )
+        plan = UnmaskPlan.plain(config, survivors.survivors)
         _prepare_aggregation(session, settings, round_, plan)
         return RoundStage.AGGREGATING
     survivors = close_masked_input(config, state.share_senders(session, round_), uploaded)

@@ -46,6 +46,7 @@ from privacy.secagg.messages import (
     KeyAdvert,
     KeyBroadcast,
     MaskedInput,
+    MaskedInputHeader,
     ShareBundle,
     ShareKeysMessage,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "KeyBroadcast",
     "MalformedMessage",
     "MaskedInput",
+    "MaskedInputHeader",
     "NeighbourGraph",
     "PlanEntry",
     "ProtocolViolation",

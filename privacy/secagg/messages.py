@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Final
+from typing import ClassVar, Final
 
 import numpy as np
 
@@ -279,6 +279,16 @@ class ShareBundle:
 
 
 @dataclass(frozen=True)
+class MaskedInputHeader:
+    """What precedes the vector of a serialised `MaskedInput`."""
+
+    round_id: bytes
+    sender: int
+    bits: int
+    vector_length: int
+
+
+@dataclass(frozen=True)
 class MaskedInput:
     """Round 2 (MaskedInputCollection): y_u = x_u + PRG(b_u) + Σ_v ±PRG(s_uv) mod 2^k.
 
@@ -342,3 +352,39 @@ class MaskedInput:
             raise InvalidArgument(f"masked input: slice [{start}, {stop}) outside [0, {length})")
         view = raw[start * dtype.itemsize : stop * dtype.itemsize]
         return np.frombuffer(view, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+
+    # -- the stored format, for readers that never hold a whole upload -------------------------
+
+    #: Bytes before the vector: tag (4), format version (1), round id (32), sender (4),
+    #: bits (1), vector length prefix (8).
+    HEADER_SIZE: ClassVar[int] = 4 + 1 + DIGEST_SIZE + 4 + 1 + 8
+
+    @classmethod
+    def size(cls, vector_length: int, bits: int) -> int:
+        """The exact size of a serialised masked input of `vector_length` coordinates."""
+        return cls.HEADER_SIZE + vector_length * (ring_dtype(bits).itemsize)
+
+    @classmethod
+    def byte_range(cls, start: int, stop: int, bits: int) -> tuple[int, int]:
+        """Where coordinates [start, stop) lie in a serialised masked input (for ranged
+        reads of a stored upload: each unmasking slice reads only its own range)."""
+        item = ring_dtype(bits).itemsize
+        return cls.HEADER_SIZE + start * item, cls.HEADER_SIZE + stop * item
+
+    @classmethod
+    def parse_header(cls, header: bytes | memoryview) -> MaskedInputHeader:
+        """The first `HEADER_SIZE` bytes of a masked input, checked (streamed uploads are
+        checked against their round from this, before the vector arrives)."""
+        if len(header) != cls.HEADER_SIZE:
+            raise MalformedMessage(f"masked input: the header is {cls.HEADER_SIZE} bytes")
+        reader = Reader(header, cls._TAG, "masked input")
+        round_id = reader.fixed(DIGEST_SIZE, "round_id")
+        sender = reader.u32("sender")
+        bits = reader.u8("bits")
+        vector_bytes = reader.u64("vector length")
+        reader.done()
+        if bits not in (32, 64):
+            raise MalformedMessage(f"masked input: bits must be 32 or 64, got {bits}")
+        if vector_bytes % (bits // 8):
+            raise MalformedMessage("masked input: the vector is not a whole number of elements")
+        return MaskedInputHeader(round_id, sender, bits, vector_bytes // (bits // 8))

@@ -88,6 +88,21 @@ class UnmaskPlan:
             if entry.sign not in (1, -1) or not isinstance(entry.purpose, MaskPurpose):
                 raise MalformedMessage("unmask plan: an entry has a bad sign or purpose")
 
+    @classmethod
+    def plain(cls, config: RoundConfig, survivors: tuple[int, ...]) -> UnmaskPlan:
+        """The plan of a round aggregated without masks (benchmarks and tests): nothing to
+        remove, only the survivors whose uploads are summed."""
+        context = config.context
+        return cls(
+            config.digest,
+            context.federation,
+            context.round,
+            config.bits,
+            config.vector_length,
+            tuple(survivors),
+            (),
+        )
+
     @cached_property
     def streams(self) -> tuple[MaskStream, ...]:
         """The AES keys of the entries (derived once per plan object, not serialised)."""

@@ -44,7 +44,9 @@ from .conftest import CoordinatorEnv, _stop, wait_until
 pytestmark = pytest.mark.integration
 
 #: Stage deadline of the tests where an agent is lost (the round waits for it this long).
-SHORT_STAGE_S = 25.0
+#: Agents learn of each stage at once (long polls), so the honest ones need only their own
+#: few training steps of it.
+SHORT_STAGE_S = 15.0
 #: Stage deadline where every agent is expected to answer (or is restarted and then does).
 LONG_STAGE_S = 40.0
 

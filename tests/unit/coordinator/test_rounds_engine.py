@@ -340,13 +340,13 @@ def test_a_decline_drops_the_agent_at_once_and_the_round_goes_on(
 
 
 def test_the_update_layout_fixes_the_masked_upload_size(federation: Federation) -> None:
-    from federation.round_api import MASKED_INPUT_HEADER_BYTES, masked_update_size
+    from federation.round_api import masked_update_size
     from privacy.secagg import MaskedInput
 
     layout = ParameterLayout.update(federation.spec)
     upload = MaskedInput(b"\x00" * 32, 1, np.zeros(layout.length, dtype=np.uint32)).to_bytes()
     assert len(upload) == masked_update_size(layout.length, 32)
-    assert len(upload) - 4 * layout.length == MASKED_INPUT_HEADER_BYTES
+    assert len(upload) - 4 * layout.length == MaskedInput.HEADER_SIZE
 
 
 def test_plain_aggregation_runs_only_where_the_coordinator_allows_it(
@@ -482,7 +482,8 @@ def test_a_long_poll_answers_when_the_stage_changes_and_waits_while_it_does_not(
     parts = [participant(http, a, w) for a, w in zip(agents, works, strict=True)]
     start(runtime, federation.name)
     first = parts[0].client.work()
-    assert first.assignment is not None and first.assignment.stage is Stage.ADVERTISE_KEYS
+    assert first.assignment is not None
+    assert first.assignment.stage is Stage.ADVERTISE_KEYS
     seen = work_state(first.assignment)
     # Nothing changes: the poll is held for its whole wait, then answers the same work.
     same = parts[0].client.work(wait_s=0.3, seen=seen)
