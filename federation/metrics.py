@@ -183,7 +183,10 @@ def _log_softmax(outputs: NDArray[np.float64]) -> NDArray[np.float64]:
 
 
 def class_logits(task: TaskSpec, outputs: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Per scored class, log(p / (1 - p)) of every sample: shape (samples, scored classes)."""
+    """Per scored class, the score its one-vs-rest AUC ranks samples by: shape (samples,
+    scored classes). Binary: the logit. Multiclass: log(p / (1 - p)) + log(K - 1), which
+    orders samples as p does and is 0 at p = 1/K, where a model early in training puts
+    every class (the histogram bins are finest around 0)."""
     if task.kind is TaskKind.BINARY:
         return outputs[:, :1]
     log_p = _log_softmax(outputs)
@@ -192,7 +195,7 @@ def class_logits(task: TaskSpec, outputs: NDArray[np.float64]) -> NDArray[np.flo
         others = np.delete(log_p, c, axis=1)
         top = others.max(axis=1)
         log_rest = top + np.log(np.exp(others - top[:, None]).sum(axis=1))
-        columns.append(log_p[:, c] - log_rest)
+        columns.append(log_p[:, c] - log_rest + np.log(outputs.shape[1] - 1))
     return np.stack(columns, axis=1)
 
 
