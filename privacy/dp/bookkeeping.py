@@ -15,8 +15,8 @@ each sample's gradient norm and then the clipped sum are formed per layer:
 
       ||G_i A_i^T||_F^2 = < A_i^T A_i , G_i^T G_i >     (two T x T Gram matrices),
 
-  cheaper than forming G_i A_i^T when T^2 < D C_out; otherwise the per-sample gradient
-  is formed and its norm taken (the cheaper of the two is chosen per layer, per shape).
+  which costs T^2 (D + C_out) multiply-adds per sample against T D C_out for forming
+  G_i A_i^T; the cheaper of the two is taken per layer and input shape.
   The clipped sum sum_i c_i G_i A_i^T is the ordinary weight gradient of the convolution
   for the output gradient c_i G_i (`torch.nn.grad.conv2d_weight`).
 - **GroupNorm** (y = gamma * x_hat + beta per channel): the per-sample gradients are
@@ -99,14 +99,20 @@ def _conv_patches(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     )
 
 
+def gram_is_cheaper(positions: int, depth: int, width: int) -> bool:
+    """Whether a conv layer's per-sample norms are cheaper from the two T x T Gram
+    matrices (T^2 (D + C_out) multiply-adds per sample) than from the per-sample gradient
+    (T D C_out), for T output positions, D = C_in k^2 inputs and C_out = `width`."""
+    return positions * (depth + width) <= depth * width
+
+
 def _conv_norms_sq(layer: nn.Conv2d, record: _Record, g: torch.Tensor) -> torch.Tensor:
     batch = g.shape[0]
     grad = g.reshape(batch, g.shape[1], -1)  # (B, C_out, T)
     out = torch.zeros(batch, device=g.device, dtype=g.dtype)
     if layer.weight.requires_grad:
         patches = _conv_patches(layer, record.inputs)  # (B, D, T)
-        positions, width, depth = grad.shape[2], grad.shape[1], patches.shape[1]
-        if positions * positions <= width * depth:  # ghost norm: two T x T Gram matrices
+        if gram_is_cheaper(grad.shape[2], patches.shape[1], grad.shape[1]):
             a_gram = torch.bmm(patches.transpose(1, 2), patches)
             g_gram = torch.bmm(grad.transpose(1, 2), grad)
             out += (a_gram * g_gram).sum(dim=(1, 2))
@@ -324,4 +330,4 @@ def _accumulate(p: torch.Tensor, grad: torch.Tensor) -> None:
         p.grad.add_(grad.detach())
 
 
-__all__ = ["NORM_STABILISER", "SUPPORTED", "BookKeepingClipper"]
+__all__ = ["NORM_STABILISER", "SUPPORTED", "BookKeepingClipper", "gram_is_cheaper"]

@@ -10,7 +10,7 @@ from agent.loss import per_sample_loss
 from federation.model import build_model
 from federation.spec import FederationSpec
 from privacy.dp import PrivateTraining, UnsupportedMode
-from privacy.dp.bookkeeping import BookKeepingClipper
+from privacy.dp.bookkeeping import BookKeepingClipper, gram_is_cheaper
 from tests.unit.agent_training.conftest import small_spec
 from tests.unit.dp.conv_support import conv_batch, conv_spec
 
@@ -174,21 +174,39 @@ def conv_update(spec: FederationSpec, mode: str, freeze_encoder_stem: bool = Fal
     return before - torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-@pytest.mark.parametrize(
-    "shape",
-    [
-        # 9 x 7 images: the stem (63 positions, 2 x 9 inputs, 8 outputs) forms per-sample
-        # gradients, the stride-2 stage (20 positions, 8 x 9 inputs) uses Gram matrices.
-        (2, 9, 7),
-        # 3 x 3 images: every layer uses Gram matrices.
-        (1, 3, 3),
-    ],
-)
+def conv_branches(spec: FederationSpec) -> set[bool]:
+    """Which norm branch each conv layer of the spec's encoder takes (True: Gram)."""
+    model = build_model(spec)
+    x, _, _ = conv_batch(spec, n=1)
+    taken: set[bool] = set()
+
+    def record(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        assert isinstance(layer, nn.Conv2d)
+        depth = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+        positions = output.shape[2] * output.shape[3]
+        taken.add(gram_is_cheaper(positions, depth, layer.out_channels))
+
+    for layer in model.encoder.modules():
+        if isinstance(layer, nn.Conv2d):
+            layer.register_forward_hook(record)
+    model(x)
+    return taken
+
+
+SHAPES = {
+    (2, 9, 7): {False},  # many positions, few channels: per-sample gradients everywhere
+    (4, 2, 2): {True},  # few positions: Gram matrices everywhere
+    (1, 6, 6): {False, True},  # the stem per sample, the stride-2 stage by Gram matrices
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("freeze", [False, True])
 def test_conv_groupnorm_clipped_sum_equals_opacus_per_sample_gradients(
     shape: tuple[int, int, int], freeze: bool
 ) -> None:
     spec = conv_spec(shape)
+    assert conv_branches(spec) == SHAPES[shape]
     expected = conv_update(spec, "hooks", freeze)
     got = conv_update(spec, "bk", freeze)
     assert expected.abs().max() > 0
