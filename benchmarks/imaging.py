@@ -6,7 +6,7 @@ Run from the repository root:
     python benchmarks/imaging.py                 # 5 rounds, epsilon 5, seed 0
     python benchmarks/imaging.py --quick         # 2 rounds
     python benchmarks/imaging.py --rounds 5 --epsilon 3 --seed 1
-    python benchmarks/imaging.py --device cuda   # local-only training on the GPU
+    python benchmarks/imaging.py --device cuda   # agents and local-only training on the GPU
 
 What it runs (`fmtl/demo/digits.py` writes the data from scikit-learn's digits):
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epsilon", type=float, default=5.0, help="each institution's budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--device", default="cpu", help="local-only training: cpu, cuda or auto (default cpu)"
+        "--device", default="cpu", help="where agents and local-only runs train: cpu, cuda, auto"
     )
     args = parser.parse_args(argv)
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
@@ -175,7 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(scratch) / "service"
         started = time.perf_counter()
         options = DemoOptions(
-            rounds=rounds, epsilon=args.epsilon, seed=args.seed, out=run_dir, example="images"
+            rounds=rounds,
+            epsilon=args.epsilon,
+            seed=args.seed,
+            out=run_dir,
+            example="images",
+            device=args.device,
         )
         outcome = DemoRun(options, console).run()
         service_s = time.perf_counter() - started

@@ -70,6 +70,10 @@ def demo(
     local_epochs: Annotated[
         float | None, typer.Option(min=0.01, help="Override the spec's local epochs per round.")
     ] = None,
+    device: Annotated[
+        str,
+        typer.Option(help="Where the agents train: cpu, cuda or auto (CUDA when available)."),
+    ] = "cpu",
     example: Annotated[
         str | None,
         typer.Option(
@@ -113,6 +117,7 @@ def demo(
         example=example,
         stage_timeout_s=stage_timeout,
         local_epochs=local_epochs,
+        device=device,
         serve=serve,
         share_own_metrics=tuple(share_own_metrics or ()),
     )

@@ -222,6 +222,7 @@ def agent_config(
     data_root: Path | None = None,
     share_own_metrics: bool = False,
     personalisation: Mapping[str, object] | None = None,
+    device: str = "cpu",
 ) -> str:
     """The agent.toml of one hospital: its data mapping, its own budget, its state folder.
 
@@ -231,6 +232,7 @@ def agent_config(
     what the mapping's relative data path resolves against (generated example data);
     `share_own_metrics` opts the hospital in to sending its own validation metrics in clear.
     `personalisation`, when given, is the hospital's `[personalisation]` section.
+    `device` is where the agent trains (cpu, cuda or auto).
     """
     data = dict(hospital.mapping)
     base = data_root if data_root is not None else hospital.mapping_file.parent
@@ -249,7 +251,7 @@ def agent_config(
             "accountant": accountant,
             "share_own_metrics": share_own_metrics,
         },
-        "training": {"device": "cpu"} if seed is None else {"device": "cpu", "seed": seed},
+        "training": {"device": device} if seed is None else {"device": device, "seed": seed},
         **({"personalisation": personalisation} if personalisation else {}),
         "daemon": {
             "poll_interval_s": poll_interval_s,

@@ -122,6 +122,9 @@ class DemoOptions:
     #: None: the spec's initial model, the mappings' splits, unseeded training (DP noise
     #: from the OS's CSPRNG). A seed makes the whole run reproducible, DP noise included.
     seed: int | None = None
+    #: Where the agents train: cpu (default: four agents share this machine's cores), cuda
+    #: or auto.
+    device: str = "cpu"
     #: A shipped example's name or an example folder (None: heart_disease).
     example: Path | str | None = None
     stage_timeout_s: float = 30.0
@@ -140,6 +143,8 @@ class DemoOptions:
             raise DemoError("--rounds must be at least 1")
         if not self.epsilon > 0:
             raise DemoError("--epsilon must be positive")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise DemoError(f"--device must be cpu, cuda or auto (got {self.device!r})")
         if self.agents_drop_at is not None and self.agents_drop_at not in DROP_STAGES:
             raise DemoError(
                 f"--agents-drop-at must be one of {', '.join(DROP_STAGES)} "
@@ -510,6 +515,7 @@ class DemoRun:
                     poll_interval_s=0.5,
                     share_own_metrics=hospital.name in self.options.share_own_metrics,
                     personalisation=example.personalisation,
+                    device=self.options.device,
                 ),
                 encoding="utf-8",
             )

@@ -51,11 +51,13 @@ def test_images_example_by_name_runs_through_the_agents_loader(tmp_path: Path) -
             seed=None,
             poll_interval_s=1.0,
             data_root=root,
+            device="auto",
         )
         import tomllib
 
         config = parse_config(tomllib.loads(text))
         assert isinstance(config.data, ImageMapping)
+        assert config.training.device == "auto"
         data = load_local_data(config.data, spec)
         assert data.sample_shape == (1, 8, 8)
         assert 250 < data.n_train + data.n_validation < 320

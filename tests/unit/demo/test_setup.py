@@ -100,6 +100,7 @@ def test_toml_writer_round_trips_nested_tables_and_quotes() -> None:
         (DemoOptions(rounds=2, agents_drop_at="share_keys", drop_round=5), "--drop-round"),
         (DemoOptions(postgres="mysql://x"), "--postgres"),
         (DemoOptions(redis="http://x"), "--redis"),
+        (DemoOptions(device="tpu"), "--device must be cpu, cuda or auto"),
     ],
 )
 def test_bad_options_are_refused_before_anything_starts(options: DemoOptions, message: str) -> None:
