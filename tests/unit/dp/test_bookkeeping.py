@@ -10,7 +10,7 @@ from agent.loss import per_sample_loss
 from federation.model import build_model
 from federation.spec import FederationSpec
 from privacy.dp import PrivateTraining, UnsupportedMode
-from privacy.dp.bookkeeping import BookKeepingClipper, gram_is_cheaper
+from privacy.dp.bookkeeping import BookKeepingClipper, _conv_patches, gram_is_cheaper
 from tests.unit.agent_training.conftest import small_spec
 from tests.unit.dp.conv_support import conv_batch, conv_spec
 
@@ -256,3 +256,18 @@ def test_conv_bias_is_clipped_with_the_weight() -> None:
         engine.close()
         sums[mode] = torch.cat([p.detach().reshape(-1) for p in copy.parameters()])
     assert torch.allclose(sums["bk"], sums["hooks"], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation"),
+    [(3, 1, 1, 1), (3, 2, 1, 1), (5, 2, 2, 1), (3, 1, 0, 2), ((3, 2), (2, 1), (1, 0), (1, 2))],
+)
+def test_conv_patches_are_unfold(
+    kernel: object, stride: object, padding: object, dilation: object
+) -> None:
+    conv = nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, dilation=dilation)  # type: ignore[arg-type]
+    x = torch.randn(2, 3, 9, 7)
+    expected = torch.nn.functional.unfold(
+        x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride
+    )
+    assert torch.equal(_conv_patches(conv, x), expected)
