@@ -60,7 +60,9 @@ from agent.training import LocalTrainer, resolve_device
 from federation.layout import ParameterLayout
 from federation.model import build_model, load_model_vector, model_vector
 from federation.spec import FederationSpec
+from fmtl.admin.client import AdminError
 from fmtl.demo.digits import INSTITUTIONS
+from fmtl.demo.processes import DemoError
 from fmtl.demo.run import FINAL_MODEL_FILE, DemoOptions, DemoRun, agent_seed
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "images"
@@ -182,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             example="images",
             device=args.device,
         )
-        outcome = DemoRun(options, console).run()
+        try:
+            outcome = DemoRun(options, console).run()
+        except (DemoError, AdminError) as exc:
+            print(f"error: the service run failed: {exc}", file=sys.stderr)
+            return 1
         service_s = time.perf_counter() - started
         data_root = run_dir / "example-data"
         raw = (run_dir / FINAL_MODEL_FILE).read_bytes()
