@@ -96,6 +96,33 @@ def test_status_json_before_any_round(tmp_path: Path) -> None:
     assert "cpu (configured cpu)" in shown.stdout
 
 
+def test_status_shows_the_federated_and_personalised_models_local_figures(
+    tmp_path: Path,
+) -> None:
+    from agent.config import AgentEnvironment, load_config
+    from agent.ledger import MODEL_METRICS_MEMO, Ledger
+
+    path = write_config(tmp_path)
+    config = load_config(path, environment=AgentEnvironment(key_passphrase=None))
+    entry = {
+        "federation": "heart_disease",
+        "round": 7,
+        "global": {"disease": {"auc": 0.81, "accuracy": 0.55, "n": 61}},
+        "personal": {"disease": {"auc": 0.88, "accuracy": 0.80, "n": 61}},
+    }
+    with Ledger.open(config.ledger_file) as ledger:
+        ledger.remember(MODEL_METRICS_MEMO, {"history": [entry]})
+    result = runner.invoke(app, ["status", "--config", str(path), "--json"])
+    assert result.exit_code == 0, result.stderr
+    models = json.loads(result.stdout)["models"]
+    assert models["latest"] == entry
+    assert models["history"] == [entry]
+    shown = runner.invoke(app, ["status", "--config", str(path)]).stdout
+    assert "start of round 7" in shown
+    assert "federated auc 0.810, accuracy 0.550" in shown
+    assert "personalised auc 0.880, accuracy 0.800" in shown
+
+
 def test_status_says_when_the_configured_gpu_is_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
