@@ -112,7 +112,8 @@ def unmask_one_slice(runtime: Runtime, round_id: int, index: int) -> list[Follow
     little = dtype.newbyteorder("<")
     for blob_key in keys:
         raw = blobs.read_range(blob_key, first, last)
-        add_masked(total, np.frombuffer(raw, dtype=little).astype(dtype))
+        # A view, not a copy, on little-endian hosts: each upload's range is read once.
+        add_masked(total, np.frombuffer(raw, dtype=little).astype(dtype, copy=False))
     unmask_slice(plan, total, start, stop, in_place=True)
     content = total.astype(little, copy=False).tobytes()
     ref = blobs.write(key, [content], max_size=len(content), expected_size=len(content))
@@ -174,7 +175,7 @@ def finish(runtime: Runtime, round_id: int) -> list[Followup]:
                 )
                 for s in slices
             ]
-        ).astype(dtype)
+        ).astype(dtype, copy=False)
         base = round_.base_version or 0
         try:
             sums = update_codec(spec, config.n).decode_sum(total).segments
