@@ -2,6 +2,7 @@
 
     fmtl agent enroll --coordinator https://fl.example.org --token TOKEN --config agent.toml
     fmtl agent check  --config agent.toml
+    fmtl agent propose-scales --config agent.toml
     fmtl agent run    --config agent.toml [--log-format json] [--max-rounds N | --once]
     fmtl agent status --config agent.toml [--json]
 
@@ -21,7 +22,7 @@ from typing import Annotated, Any, Final, NoReturn
 
 import typer
 
-from agent.config import AgentConfig, load_config
+from agent.config import AgentConfig, load_config, refuse_testing_switches
 from agent.errors import AgentError, ConfigError, DataError
 from agent.logging import LogFormat, configure
 
@@ -172,6 +173,7 @@ def check(config_file: ConfigOption = Path("agent.toml")) -> None:
 
         configure(LogFormat.TEXT, level="WARNING")
         config = load_config(config_file)
+        refuse_testing_switches(config)
         enrollment = load_enrollment(config)
         load_identity(config.key_file, config.key_passphrase)
         dataset = check_local_data(config, enrollment)
@@ -184,6 +186,46 @@ def check(config_file: ConfigOption = Path("agent.toml")) -> None:
         )
         for line in describe(dataset, enrollment.profile.spec):
             typer.echo(f"  {line}")
+        if dataset.scaling is not None:
+            typer.echo(f"  {dataset.scaling.describe()}")
+
+
+@app.command("propose-scales")
+def propose_scales_command(config_file: ConfigOption = Path("agent.toml")) -> None:
+    """Propose public feature and label scales from the local data (to review, then agree on).
+
+    Under DP every standardisation must be fixed in the data mapping and the same at every
+    institution. This prints the local mean and standard deviation of each feature and
+    regression label (2 significant digits) as mapping TOML. Review them before sharing:
+    once in a mapping they are public, and they describe this institution's data.
+    """
+    with _readable_errors():
+        from agent.data import propose_scales
+        from agent.enrollment import load_enrollment
+
+        configure(LogFormat.TEXT, level="WARNING")
+        config = load_config(config_file)
+        spec = load_enrollment(config).profile.spec
+        try:
+            proposed = propose_scales(config.data, spec)
+        except DataError as exc:
+            raise _data_error(config, exc) from None
+        typer.echo(
+            f"# PROPOSED from {proposed.rows} local rows of {config.data.path.name}: TO BE "
+            "REVIEWED.\n# These values become PUBLIC once in a data mapping (every "
+            "institution uses the\n# same ones) and they describe this institution's data "
+            "(its means and standard\n# deviations). Agree on them across the federation, or "
+            "take them from a published\n# reference, before pasting them into the mapping."
+        )
+        typer.echo("[feature_scales]")
+        for name, scale in proposed.features.items():
+            typer.echo(f"{name} = {{ center = {scale.center!r}, scale = {scale.scale!r} }}")
+        for task, scale in proposed.labels.items():
+            column = config.data.label_column(task).column
+            typer.echo(
+                f"# [labels] {task} = {{ column = {column!r}, center = {scale.center!r}, "
+                f"scale = {scale.scale!r} }}"
+            )
 
 
 @app.command()
@@ -224,6 +266,7 @@ def _status_document(config: AgentConfig) -> dict[str, Any]:
     from agent.enrollment import NotEnrolled, coordinator_url, load_enrollment
     from agent.ledger import MODEL_METRICS_MEMO, Ledger, RoundStatus
     from privacy.dp.accountant import epsilon_for
+    from privacy.dp.noise import sampler_slack
 
     document: dict[str, Any] = {"config": str(config.source), "state_dir": str(config.state_dir)}
     try:
@@ -247,9 +290,11 @@ def _status_document(config: AgentConfig) -> dict[str, Any]:
     last_round: dict[str, Any] | None = None
     history: list[tuple[float, float, int]] = []
     model_metrics: dict[str, Any] | None = None
+    noise_pairs = 0
     if config.ledger_file.exists():
         with Ledger.open(config.ledger_file) as ledger:
             model_metrics = ledger.remembered(MODEL_METRICS_MEMO)
+            noise_pairs = ledger.noise_pairs()
             summary = ledger.summary()
             rounds = {status.value: n for status, n in summary.rounds.items()}
             history = ledger.history()
@@ -277,6 +322,9 @@ def _status_document(config: AgentConfig) -> dict[str, Any]:
         "epsilon_spent": spent,
         "epsilon_left": max(0.0, privacy.epsilon - spent),
         "trainings": len(history),
+        # What the noise sampler adds to (ε, δ) (privacy/dp/noise.py), reserved in the budget.
+        "sampler_slack_epsilon": sampler_slack(noise_pairs, privacy.epsilon).epsilon,
+        "noise_pairs": noise_pairs,
     }
     # Local only: the federated and the personalised model on the local validation split,
     # measured at the start of each round trained (never sent as such); the latest first.
@@ -370,6 +418,11 @@ def _print_status(document: dict[str, Any]) -> None:
         "ε spent / left",
         f"[{colour}]{budget['epsilon_spent']:.3f}[/] / {budget['epsilon_left']:.3f} "
         f"({100 * share:.0f}% spent, {budget['trainings']} trainings)",
+    )
+    table.add_row(
+        "noise sampler's slack",
+        f"ε + {budget['sampler_slack_epsilon']:.2g} over {budget['noise_pairs']:,} noise pairs "
+        "(reserved in the budget)",
     )
     models = (document.get("models") or {}).get("latest")
     if models:

@@ -34,6 +34,8 @@
     [daemon]
     poll_interval_s = 5
 
+    # [testing] reproducible_dp_seed = 1  # tests and benchmarks only: `fmtl agent run` refuses it
+
 Relative paths are read against the folder of the file. Every model forbids unknown keys:
 a typo is an error naming the file and the key, never a silently ignored setting.
 `load_config` is the one place that reads the file and the environment.
@@ -142,12 +144,24 @@ class TrainingSection(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where to train: auto (CUDA when available), cpu or cuda."
     )
-    seed: int | None = Field(
+
+
+class TestingSection(_Section):
+    """Switches for tests and benchmarks; `fmtl agent run` refuses every one of them."""
+
+    reproducible_dp_seed: int | None = Field(
         default=None,
         ge=0,
-        description="Seed of data order and initialisation (reproducible runs); the DP noise "
-        "itself always comes from a secure random source.",
+        description="NEVER IN PRODUCTION. Derives the DP noise and the Poisson sampling from "
+        "this number, so that a test or benchmark can replay a run; anyone who knows it "
+        "can then subtract the noise, and nothing trained with it is differentially "
+        "private. `fmtl agent run` refuses a configuration that sets it.",
     )
+
+    @property
+    def active(self) -> list[str]:
+        """The settings of this section that are set (each one refused in production)."""
+        return ["testing.reproducible_dp_seed"] if self.reproducible_dp_seed is not None else []
 
 
 class PersonalisationSection(_Section):
@@ -222,6 +236,7 @@ class AgentConfig(_Section):
     training: TrainingSection = TrainingSection()
     personalisation: PersonalisationSection = PersonalisationSection()
     daemon: DaemonSection = DaemonSection()
+    testing: TestingSection = TestingSection()
 
     _source: Path | None = PrivateAttr(default=None)
     _passphrase: SecretStr | None = PrivateAttr(default=None)
@@ -307,6 +322,17 @@ def check_coordinator_url(url: str) -> str:
     return url.strip().rstrip("/")
 
 
+def refuse_testing_switches(config: AgentConfig) -> None:
+    """`ConfigError` when agent.toml sets a [testing] switch: `fmtl agent run` and
+    `fmtl agent check` call this (only the seeded demo's runner does not)."""
+    active = config.testing.active
+    if active:
+        raise ConfigError(
+            f"{config.source}: {', '.join(active)}: refused: a test-and-benchmark switch that "
+            "makes the DP noise predictable; remove the [testing] section"
+        )
+
+
 # --- Reading the file ----------------------------------------------------------------------------
 
 _HINTS: Final = {
@@ -314,6 +340,8 @@ _HINTS: Final = {
     ("privacy", "epsilon"): "set your privacy budget, e.g. `epsilon = 3.0` under [privacy]",
     ("data",): "add a [data] section: path, features and labels of your data file",
     ("privacy",): "add a [privacy] section with at least `epsilon = ...` (your budget)",
+    ("training", "seed"): "no longer a setting: DP noise and sampling never come from a "
+    "seed (data.split_seed fixes the split, the federation the initial model)",
 }
 
 
@@ -426,8 +454,10 @@ __all__ = [
     "IdentitySection",
     "PrivacySection",
     "StateSection",
+    "TestingSection",
     "TrainingSection",
     "check_coordinator_url",
     "load_config",
     "parse_config",
+    "refuse_testing_switches",
 ]

@@ -31,7 +31,7 @@ from typing import Final
 
 import httpx
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, refuse_testing_switches
 from agent.coordinator_client import (
     BadResponse,
     ClientError,
@@ -49,7 +49,7 @@ from agent.round_state import ParticipantState, RoundStateStore
 from agent.sources import check_local_data
 from agent.state_store import EncryptedFileStore, StateCorrupted
 from agent.work import AgentWork, TrainingInterrupted
-from federation.round_api import WorkStatus
+from federation.round_api import MyStatus, WorkStatus
 from privacy.dp.errors import DPError
 
 _log = get_logger("daemon")
@@ -67,6 +67,8 @@ LONG_POLL_GAP_S: Final = 0.02
 MAX_REFUSED_POLLS: Final = 3
 #: Consecutive unexpected errors after which the daemon gives up (exit 1) rather than loop.
 MAX_UNEXPECTED_ERRORS: Final = 10
+#: How a completed round ended for this agent, by the coordinator's word on it.
+_ENDED: Final = {MyStatus.COMPLETED: RoundStatus.COMPLETED, MyStatus.DROPPED: RoundStatus.DROPPED}
 _ACTIONS: Final = frozenset(
     {
         Outcome.ADVERTISED,
@@ -328,31 +330,27 @@ class Daemon:
         if result.outcome in _ACTIONS:
             event(_log, f"stage_{result.outcome.value}", round=number, stage=result.stage)
         elif result.outcome is Outcome.DROPPED and changed:
-            self.ledger.finish(federation, number, RoundStatus.DROPPED, result.detail[:200])
+            self.work.end_round(
+                federation, number, RoundStatus.DROPPED, result.detail, keep_result=True
+            )
             event(_log, "round_dropped", level=30, round=number, detail=result.detail)
         elif result.outcome is Outcome.COMPLETED:
             if (federation, number) not in self.finished:
-                status = {
-                    "completed": RoundStatus.COMPLETED,
-                    "dropped": RoundStatus.DROPPED,
-                }.get(result.detail)
-                if status is not None:
-                    self.ledger.finish(federation, number, status)
-                self.work.forget(federation, number)
+                mine = result.my_status
+                self.work.end_round(federation, number, _ENDED.get(mine) if mine else None)
                 self.finished.add((federation, number))
                 event(
                     _log,
                     "round_completed",
                     round=number,
-                    included=result.detail == "completed",
-                    my_status=result.detail,
+                    included=mine is MyStatus.COMPLETED,
+                    my_status=mine.value if mine else None,
                     epsilon_spent=round(self.work.epsilon_spent(), 4),
                     epsilon_budget=self.work.budget,
                 )
         elif result.outcome is Outcome.FAILED:
             if (federation, number) not in self.finished:
-                self.ledger.finish(federation, number, RoundStatus.FAILED, result.detail[:200])
-                self.work.forget(federation, number)
+                self.work.end_round(federation, number, RoundStatus.FAILED, result.detail)
                 self.finished.add((federation, number))
                 event(_log, "round_failed", level=30, round=number, detail=result.detail)
         elif result.outcome is Outcome.DECLINED and changed:
@@ -370,12 +368,11 @@ class Daemon:
             # completes unless unmasking itself fails (rare; the coordinator records it):
             # recorded as completed, and logged as inferred.
             if key in self._unmasked:
-                self.ledger.finish(*key, RoundStatus.COMPLETED)
+                self.work.end_round(*key, RoundStatus.COMPLETED)
                 status = "completed"
             else:
-                self.ledger.finish(*key, RoundStatus.DROPPED, "ended unseen")
+                self.work.end_round(*key, RoundStatus.DROPPED, "ended unseen")
                 status = "unknown"
-            self.work.forget(*key)
             self.finished.add(key)
             event(
                 _log,
@@ -409,7 +406,9 @@ class Daemon:
         except (StateCorrupted, ValueError):
             pass  # replaced by a fresh, abandoned state: the damaged one is never used
         self.store.save(key, state.to_bytes())
-        self.ledger.finish(current.federation, current.round, RoundStatus.DROPPED, reason[:200])
+        self.work.end_round(
+            current.federation, current.round, RoundStatus.DROPPED, reason, keep_result=True
+        )
 
 
 def _client(config: AgentConfig, enrollment: Enrollment, identity: object) -> DaemonClient:
@@ -431,8 +430,19 @@ def _client(config: AgentConfig, enrollment: Enrollment, identity: object) -> Da
     )
 
 
-def run_daemon(config: AgentConfig, *, max_rounds: int | None = None, show_progress: bool) -> int:
-    """Set everything up from agent.toml and the state folder, then loop; the exit status."""
+def run_daemon(
+    config: AgentConfig,
+    *,
+    max_rounds: int | None = None,
+    show_progress: bool,
+    allow_testing_switches: bool = False,
+) -> int:
+    """Set everything up from agent.toml and the state folder, then loop; the exit status.
+
+    `allow_testing_switches` is for the seeded demo and benchmarks only (`fmtl agent run`
+    never sets it)."""
+    if not allow_testing_switches:
+        refuse_testing_switches(config)
     enrollment = load_enrollment(config)
     identity = load_identity(config.key_file, config.key_passphrase)
     dataset = check_local_data(config, enrollment)

@@ -7,18 +7,26 @@ What happens to the institution's table, all of it locally (nothing here is ever
 2. the rows are split into train and validation, deterministically from `split_seed`,
    stratified by the label of the first classification task held (so a rare class shows
    up in both parts);
-3. every feature is standardised with the mean and standard deviation of the *local
-   training split*; a missing value becomes 0 (the local mean) and a second input, its
-   missing indicator, becomes 1. The encoder's input is therefore `2 x len(features)`
-   wide: values first, then indicators, in the mapping's feature order;
+3. every feature is standardised with its public scale from the mapping
+   (`feature_scales`: (value - center) / scale); a missing value becomes 0 (the center)
+   and a second input, its missing indicator, becomes 1. The encoder's input is therefore
+   `2 x len(features)` wide: values first, then indicators, in the mapping's feature order;
 4. labels: binary labels are 0/1 (or derived with `positive_above`), multiclass labels
-   are integers 0..n-1, regression labels are put on the mapping's fixed scale or, when
-   none is set, standardised with local training statistics. A sample may carry labels
-   for only some tasks: each task has a boolean mask of the samples labelled for it.
+   are integers 0..n-1, regression labels are put on the mapping's fixed scale. A sample
+   may carry labels for only some tasks: each task has a boolean mask of the samples
+   labelled for it.
+
+Under DP every scale must come from the mapping (public, `agent.mapping`): a scale
+computed from the local data would let one record move every other record's clipped
+gradient. `load_dataset` refuses a DP federation's data otherwise, naming what is
+missing; `Scaling` says where each scale came from (`fmtl agent check` prints it). Only
+without DP (benchmark baselines) is an unset scale taken from local training statistics.
+`propose_scales` computes values to propose for the mapping (`fmtl agent propose-scales`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -28,7 +36,7 @@ import torch
 from numpy.typing import NDArray
 
 from agent.errors import DataError
-from agent.mapping import DataMapping, LabelColumn
+from agent.mapping import DataMapping, FeatureScale, LabelColumn
 from federation.spec import FederationSpec, MLPEncoderSpec, TaskKind, TaskSpec
 
 if TYPE_CHECKING:
@@ -46,6 +54,33 @@ class LabelScale:
     center: float
     scale: float
     local: bool  # True: standardised with local statistics; False: the mapping's fixed scale
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Where each quantity that scales a per-sample gradient comes from."""
+
+    #: Features (and regression-label tasks) standardised with the mapping's public scale.
+    fixed_features: tuple[str, ...]
+    fixed_labels: tuple[str, ...]
+    #: ... and those standardised with local statistics (only ever without DP).
+    local_features: tuple[str, ...] = ()
+    local_labels: tuple[str, ...] = ()
+
+    @property
+    def data_independent(self) -> bool:
+        return not self.local_features and not self.local_labels
+
+    def describe(self) -> str:
+        """One line for `fmtl agent check`."""
+        fixed = (
+            f"fixed in the data mapping (public) for {len(self.fixed_features)} features and "
+            f"{len(self.fixed_labels)} regression labels; per-task loss weights fixed"
+        )
+        if self.data_independent:
+            return f"scales: {fixed}"
+        local = ", ".join((*self.local_features, *self.local_labels))
+        return f"scales: {fixed}; from local data (no DP in this federation): {local}"
 
 
 @dataclass(frozen=True)
@@ -84,6 +119,8 @@ class LocalDataset:
     tasks_held: tuple[str, ...]
     feature_names: tuple[str, ...]
     label_scales: dict[str, LabelScale]
+    #: Where the scales came from (None: not reported by this loader).
+    scaling: Scaling | None = None
 
     @property
     def n_train(self) -> int:
@@ -151,12 +188,19 @@ def load_dataset(mapping: DataMapping, spec: FederationSpec) -> LocalDataset:
     held = tuple(t.name for t in spec.tasks if t.name in raw_labels)
     train_idx, val_idx = _split(len(table), raw_labels, held, spec, mapping)
 
-    mean, std = _feature_stats(features[train_idx])
+    regression = [t for t in held if spec.task(t).kind is TaskKind.REGRESSION]
+    _check_public_scales(mapping, spec, regression)
+    mean, std = _feature_scales(mapping, features[train_idx])
     scales = {
         task: _label_scale(raw_labels[task][train_idx], mapping.label_column(task))
-        for task in held
-        if spec.task(task).kind is TaskKind.REGRESSION
+        for task in regression
     }
+    scaling = Scaling(
+        fixed_features=tuple(f for f in mapping.features if f in mapping.feature_scales),
+        fixed_labels=tuple(t for t in regression if not scales[t].local),
+        local_features=tuple(f for f in mapping.features if f not in mapping.feature_scales),
+        local_labels=tuple(t for t in regression if scales[t].local),
+    )
 
     def tensors(idx: NDArray[np.int64]) -> SplitTensors:
         x = features[idx]
@@ -183,6 +227,7 @@ def load_dataset(mapping: DataMapping, spec: FederationSpec) -> LocalDataset:
         tasks_held=held,
         feature_names=tuple(mapping.features),
         label_scales=scales,
+        scaling=scaling,
     )
 
 
@@ -303,6 +348,92 @@ def _task_labels(
     return values
 
 
+# -- scales -------------------------------------------------------------------------------
+
+
+def _check_public_scales(mapping: DataMapping, spec: FederationSpec, regression: list[str]) -> None:
+    """Under DP every feature and regression label needs its public scale in the mapping."""
+    if not spec.dp.enabled:
+        return
+    features = [f for f in mapping.features if f not in mapping.feature_scales]
+    if features:
+        raise DataError(
+            f"feature_scales: no public scale for {', '.join(features)}; federation "
+            f"'{spec.name}' trains with DP, so every feature's center and scale must be fixed "
+            "in the data mapping, the same at every institution (a scale computed from the "
+            "local data would let one record move every other record's clipped gradient); "
+            "`fmtl agent propose-scales` proposes values to agree on"
+        )
+    require_public_label_scales(mapping.label_column, spec, regression)
+
+
+def require_public_label_scales(
+    label_column: Callable[[str], LabelColumn], spec: FederationSpec, regression: list[str]
+) -> None:
+    """Under DP every regression label needs a public center and scale in its mapping."""
+    labels = [t for t in regression if label_column(t).center is None]
+    if spec.dp.enabled and labels:
+        raise DataError(
+            f"labels: regression task(s) {', '.join(labels)} have no center/scale; federation "
+            f"'{spec.name}' trains with DP, so set a public center and scale for each "
+            "(`fmtl agent propose-scales` proposes values)"
+        )
+
+
+def _feature_scales(
+    mapping: DataMapping, train: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Each feature's (center, scale): the mapping's, else (without DP) local statistics."""
+    mean, std = _feature_stats(train)
+    for i, name in enumerate(mapping.features):
+        fixed = mapping.feature_scales.get(name)
+        if fixed is not None:
+            mean[i], std[i] = fixed.center, fixed.scale
+    return mean, std
+
+
+@dataclass(frozen=True)
+class ProposedScales:
+    """Scales computed from local data, to propose for the mapping (never used as such)."""
+
+    rows: int
+    features: dict[str, FeatureScale]
+    labels: dict[str, FeatureScale]
+
+
+def _round_significant(value: float, digits: int = 2) -> float:
+    if value == 0 or not np.isfinite(value):
+        return 0.0
+    return float(f"{value:.{digits}g}")
+
+
+def propose_scales(mapping: DataMapping, spec: FederationSpec) -> ProposedScales:
+    """Mean and standard deviation of every feature and regression label over the whole
+    local file, rounded to 2 significant digits: values to *propose* for the mapping's
+    public scales. They describe this institution's data; review them before sharing."""
+    _check_tasks(mapping, spec)
+    table = _read_table(mapping)
+    _check_columns(mapping, table)
+
+    def proposal(values: NDArray[np.float64]) -> FeatureScale:
+        seen = values[np.isfinite(values)]
+        if len(seen) == 0:
+            return FeatureScale(center=0.0, scale=1.0)
+        std = float(seen.std())
+        return FeatureScale(
+            center=_round_significant(float(seen.mean())),
+            scale=_round_significant(std) if std >= MIN_STD else 1.0,
+        )
+
+    features = {c: proposal(_numeric(table, c, mapping)) for c in mapping.features}
+    labels = {
+        task: proposal(_numeric(table, mapping.label_column(task).column, mapping))
+        for task in mapping.labels
+        if task in spec.task_names and spec.task(task).kind is TaskKind.REGRESSION
+    }
+    return ProposedScales(rows=len(table), features=features, labels=labels)
+
+
 # -- split and statistics -----------------------------------------------------------------
 
 
@@ -362,7 +493,11 @@ def _label_scale(y: NDArray[np.float64], label: LabelColumn) -> LabelScale:
 __all__ = [
     "LabelScale",
     "LocalDataset",
+    "ProposedScales",
+    "Scaling",
     "SplitTensors",
     "input_dim_for",
     "load_dataset",
+    "propose_scales",
+    "require_public_label_scales",
 ]

@@ -36,12 +36,14 @@ from torch.nn import functional as F  # noqa: N812 (PyTorch's own convention)
 
 from agent.data import (
     LocalDataset,
+    Scaling,
     SplitTensors,
     _check_columns,
     _label_scale,
     _read_table,
     _split,
     _task_labels,
+    require_public_label_scales,
 )
 from agent.errors import DataError
 from agent.image_mapping import ImageMapping
@@ -217,10 +219,11 @@ def load_image_dataset(mapping: ImageMapping, spec: FederationSpec) -> LocalData
             )
     held = tuple(t.name for t in spec.tasks if t.name in raw_labels)
     train_idx, val_idx = _split(len(table), raw_labels, held, spec, table_mapping)
+    regression = [t for t in held if spec.task(t).kind is TaskKind.REGRESSION]
+    require_public_label_scales(mapping.label_column, spec, regression)
     scales = {
         task: _label_scale(raw_labels[task][train_idx], mapping.label_column(task))
-        for task in held
-        if spec.task(task).kind is TaskKind.REGRESSION
+        for task in regression
     }
     in_memory = _fits_in_memory(mapping, len(paths), encoder.input_shape)
     images = _read_all(reader, paths, keep=in_memory)
@@ -250,6 +253,12 @@ def load_image_dataset(mapping: ImageMapping, spec: FederationSpec) -> LocalData
         tasks_held=held,
         feature_names=(mapping.image_column,),
         label_scales=scales,
+        # Pixels: the mapping's declared range, mean and std (public, never local).
+        scaling=Scaling(
+            fixed_features=(mapping.image_column,),
+            fixed_labels=tuple(t for t in regression if not scales[t].local),
+            local_labels=tuple(t for t in regression if scales[t].local),
+        ),
     )
 
 

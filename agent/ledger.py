@@ -2,11 +2,15 @@
 
 An SQLite file in the state folder (mode 0600), written with full synchronous commits:
 
-- `spends`: one row per local training the agent did, with the DP parameters the
-  accountant needs (noise multiplier, sampling rate, steps, δ), the cumulative ε after it,
+- `spends`: one row per local training run the agent did, keyed by the run's random
+  identifier (`run_id`, also in its cached result and its spend report), with the DP
+  parameters the accountant needs (noise multiplier, sampling rate, steps, δ), the noise
+  pairs it drew (for the sampler's slack, `privacy.dp.noise`), the cumulative ε after it,
   the budget at the time, and the accountant's full state (`privacy.dp.Accountant`'s
   `state_dict()`) — so the history can be replayed by any accountant, and the exact
-  state of the configured one is restored as it was;
+  state of the configured one is restored as it was. A run is recorded once whatever
+  round number it was offered under: a round number offered again (after a crash, or by
+  a coordinator that reuses numbers) never hides another run's spend;
 - `rounds`: every round the coordinator offered — the plan the agent fixed for it (so a
   restarted agent trains with the very same parameters it checked against its budget),
   whether it joined or declined (and why), and how it ended.
@@ -36,7 +40,7 @@ from agent.identity import KEY_FILE_MODE
 #: personalised model on the local validation split (local only: `fmtl agent status`).
 MODEL_METRICS_MEMO: Final = "model_metrics"
 #: Bump with a migration step in `_migrate` when the schema changes.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -71,9 +75,17 @@ CREATE TABLE IF NOT EXISTS spends (
     budget_epsilon REAL NOT NULL,
     accountant_state TEXT NOT NULL,
     recorded_at TEXT NOT NULL,
+    run_id TEXT,
+    noise_pairs INTEGER NOT NULL DEFAULT 0,
     UNIQUE (federation, round, attempt)
 );
+CREATE UNIQUE INDEX IF NOT EXISTS spends_run_id ON spends (run_id) WHERE run_id IS NOT NULL;
 """
+#: Schema 1 -> 2: training runs get their identifier and their noise pairs.
+_MIGRATE_1_TO_2: Final = (
+    "ALTER TABLE spends ADD COLUMN run_id TEXT",
+    "ALTER TABLE spends ADD COLUMN noise_pairs INTEGER NOT NULL DEFAULT 0",
+)
 
 
 class LedgerError(AgentError):
@@ -113,6 +125,8 @@ class Spend:
     epsilon: float
     budget_epsilon: float
     recorded_at: datetime
+    run_id: str | None = None
+    noise_pairs: int = 0
 
     @property
     def history_entry(self) -> tuple[float, float, int]:
@@ -198,6 +212,14 @@ class Ledger:
 
     def _migrate(self) -> None:
         with self._transaction() as db:
+            version = None
+            if db.execute("SELECT name FROM sqlite_master WHERE name = 'meta'").fetchone():
+                row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                version = None if row is None else int(row[0])
+            if version == 1:
+                for statement in _MIGRATE_1_TO_2:
+                    db.execute(statement)
+                db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
             # One statement at a time: `executescript` would commit outside this transaction.
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -342,10 +364,18 @@ class Ledger:
         epsilon: float,
         budget_epsilon: float,
         accountant_state: Mapping[str, Any],
+        run_id: str | None = None,
+        noise_pairs: int = 0,
     ) -> Spend:
-        """Append one training's spend and mark its round trained, in one transaction."""
+        """Append one training run's spend and mark its round trained, in one transaction.
+
+        A run already recorded (same `run_id`) is not recorded again: its row is returned."""
         state = json.dumps(accountant_state, sort_keys=True, allow_nan=False)
         now = _now()
+        if run_id is not None:
+            known = self.spend_of_run(run_id)
+            if known is not None:
+                return known
         with self._transaction() as db:
             (attempt,) = db.execute(
                 "SELECT COUNT(*) + 1 FROM spends WHERE federation = ? AND round = ?",
@@ -354,7 +384,8 @@ class Ledger:
             db.execute(
                 "INSERT INTO spends (federation, round, attempt, noise_multiplier, sample_rate, "
                 "steps, delta, accountant, epsilon, budget_epsilon, accountant_state, "
-                "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "recorded_at, run_id, noise_pairs) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     federation,
                     number,
@@ -368,6 +399,8 @@ class Ledger:
                     budget_epsilon,
                     state,
                     now,
+                    run_id,
+                    noise_pairs,
                 ),
             )
             db.execute(
@@ -399,13 +432,21 @@ class Ledger:
             epsilon=epsilon,
             budget_epsilon=budget_epsilon,
             recorded_at=_time(now),
+            run_id=run_id,
+            noise_pairs=noise_pairs,
         )
 
+    def spend_of_run(self, run_id: str) -> Spend | None:
+        """The spend recorded for training run `run_id`, if any."""
+        rows = self._select_spends(" WHERE run_id = ?", [run_id])
+        return rows[0] if rows else None
+
+    def noise_pairs(self) -> int:
+        """Noise pairs drawn by every recorded training run (the sampler's slack)."""
+        (total,) = self._db.execute("SELECT COALESCE(SUM(noise_pairs), 0) FROM spends").fetchone()
+        return int(total)
+
     def spends(self, federation: str | None = None, number: int | None = None) -> list[Spend]:
-        query = (
-            "SELECT federation, round, attempt, noise_multiplier, sample_rate, steps, delta, "
-            "accountant, epsilon, budget_epsilon, recorded_at FROM spends"
-        )
         where: list[str] = []
         args: list[object] = []
         if federation is not None:
@@ -414,9 +455,14 @@ class Ledger:
         if number is not None:
             where.append("round = ?")
             args.append(number)
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        rows = self._db.execute(query + " ORDER BY id", args).fetchall()
+        return self._select_spends(" WHERE " + " AND ".join(where) if where else "", args)
+
+    def _select_spends(self, where: str, args: list[object]) -> list[Spend]:
+        query = (
+            "SELECT federation, round, attempt, noise_multiplier, sample_rate, steps, delta, "
+            "accountant, epsilon, budget_epsilon, recorded_at, run_id, noise_pairs FROM spends"
+        )
+        rows = self._db.execute(query + where + " ORDER BY id", args).fetchall()
         return [
             Spend(
                 federation=row[0],
@@ -430,6 +476,8 @@ class Ledger:
                 epsilon=float(row[8]),
                 budget_epsilon=float(row[9]),
                 recorded_at=_time(row[10]),
+                run_id=row[11],
+                noise_pairs=int(row[12]),
             )
             for row in rows
         ]

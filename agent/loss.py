@@ -10,10 +10,13 @@ label is replaced by 0 before any arithmetic and the loss masked with `torch.whe
 (a multiplication by 0 would let a NaN through as NaN * 0).
 
 Under DP-SGD each sample's loss must depend on that sample alone (see
-`privacy.dp.engine`), so `per_sample_loss` replaces the batch's `1 / n_t` by the fixed
-`1 / (q N_t)`, with `N_t` the task's labelled training samples and `q` the sampling rate;
-summed over a Poisson batch and divided by the expected batch size `q N`, it is an
-unbiased estimate of the same objective.
+`privacy.dp.engine`), and so must every factor in it: `per_sample_loss` replaces the
+batch's `1 / n_t` by a fixed, public factor (the trainer uses 1: each labelled sample's
+loss counts its task's weight `w_t`). Summed over a Poisson batch and divided by the
+federation's batch size B, that estimates `sum_t w_t (N_t / N) mean_t l_t`: the objective
+above with each task weighted by its labelled fraction. A factor `N / N_t` would restore
+the exact weights, but N and N_t are the local data's own counts, so adding one record
+would rescale every other record's gradient, which the clipping bound does not cover.
 """
 
 from __future__ import annotations
@@ -85,9 +88,8 @@ def per_sample_loss(
 ) -> torch.Tensor:
     """One loss per sample, `sum_t w_t * normalisers[t] * l_t(i)` (labelled tasks only).
 
-    With `normalisers[t] = N / N_t` and the sum over a batch divided by the expected batch
-    size, this estimates `multitask_loss` without letting one sample's loss depend on
-    which other samples are in the batch.
+    `normalisers` must not depend on the data (under DP they are fixed; see the module
+    docstring): then one sample's loss depends on that sample alone.
     """
     per_task = task_losses(spec, outputs, labels, masks)
     first = next(iter(outputs.values()))

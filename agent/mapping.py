@@ -14,6 +14,19 @@ A label is a column name, or a small table that derives the label from a column:
     max_heart_rate = { column = "thalach", center = 140, scale = 25 }   # regression
 
 A column used as a label is never also a feature (the model would read its own target).
+
+Scales are public. Under DP-SGD, every number that multiplies a per-sample gradient must
+not depend on the data, or one record would move every other record's clipped gradient
+and the clipping bound would no longer bound one record's influence. So a federation
+that trains with DP takes each feature's standardisation from `feature_scales` and each
+regression label's from its `center` / `scale`, the same values at every institution:
+
+    [feature_scales]                 # value -> (value - center) / scale
+    age = { center = 54, scale = 9 }
+
+`fmtl agent propose-scales` proposes values from the local data, for the federation to
+review and agree on; once in the mapping they are public. Without DP (benchmark
+baselines), an unset scale is standardised with local training statistics.
 """
 
 from __future__ import annotations
@@ -40,7 +53,8 @@ class LabelColumn(BaseModel):
     center: float | None = Field(
         default=None,
         description="Regression tasks: the label is (value - center) / scale. A fixed, "
-        "federation-wide scale; unset, the label is standardised with local statistics.",
+        "federation-wide scale, required under DP; unset (without DP only), the label is "
+        "standardised with local statistics.",
     )
     scale: float | None = Field(default=None, gt=0.0)
 
@@ -56,6 +70,15 @@ class LabelColumn(BaseModel):
         return self
 
 
+class FeatureScale(BaseModel):
+    """A feature's public standardisation: (value - center) / scale."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    center: float = Field(allow_inf_nan=False)
+    scale: float = Field(gt=0.0, allow_inf_nan=False)
+
+
 class DataMapping(BaseModel):
     """Where the local data is and which columns are features and labels."""
 
@@ -67,6 +90,11 @@ class DataMapping(BaseModel):
     )
     features: list[str] = Field(min_length=1)
     labels: dict[str, str | LabelColumn] = Field(min_length=1)
+    feature_scales: dict[str, FeatureScale] = Field(
+        default_factory=dict,
+        description="Public, federation-wide standardisation of each feature (by column "
+        "name). Required for every feature when the federation trains with DP.",
+    )
     missing_values: list[str] = Field(default_factory=lambda: ["?", ""])
     missing_by_column: dict[str, list[str]] = Field(
         default_factory=dict,
@@ -93,6 +121,9 @@ class DataMapping(BaseModel):
                     f"column '{column}' is the label of task '{task}' and also a feature; "
                     "a target is never an input"
                 )
+        unknown = sorted(set(self.feature_scales) - inputs)
+        if unknown:
+            raise ValueError(f"feature_scales: {unknown} are not among the features")
         if not self.header and not self.columns:
             raise ValueError("header = false needs `columns` (the names of the file's columns)")
         if self.header and self.columns:
@@ -148,4 +179,4 @@ class DataMapping(BaseModel):
             raise DataError(f"{source}: {problems}") from None
 
 
-__all__ = ["DataMapping", "LabelColumn"]
+__all__ = ["DataMapping", "FeatureScale", "LabelColumn"]

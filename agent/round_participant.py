@@ -82,6 +82,8 @@ class StepResult:
     stage: Stage | None = None
     detail: str = ""
     poll_after_s: float = 5.0
+    #: Where this agent stands in a round that ended (the coordinator's `MyStatus`).
+    my_status: MyStatus | None = None
 
 
 class RoundParticipant:
@@ -136,6 +138,7 @@ class RoundParticipant:
             assignment.stage,
             result.detail,
             status.poll_after_s,
+            result.my_status,
         )
         if self.on_stage is not None and result.outcome not in (Outcome.IDLE, Outcome.WAITING):
             self.on_stage(result)
@@ -145,7 +148,7 @@ class RoundParticipant:
         key = ParticipantState.key(a.federation, a.round)
         if a.stage is Stage.COMPLETED:
             self.store.delete(key)
-            return StepResult(Outcome.COMPLETED, detail=a.status.value)
+            return StepResult(Outcome.COMPLETED, detail=a.status.value, my_status=a.status)
         if a.stage is Stage.FAILED:
             self.store.delete(key)
             return StepResult(Outcome.FAILED, detail=a.failure_reason or "")

@@ -7,6 +7,15 @@ federation enables DP (`privacy.dp.PrivateTraining`), plain SGD/Adam otherwise �
 returns the new local parameters as a model-layout vector. `federation.aggregation.
 local_contribution` turns that into the round's update segments.
 
+The sampling rate is B / N rounded up to the published grid
+(`privacy.dp.published_sample_rate`): the batches are drawn, and the accountant charged,
+at that rate, so the rate that leaves the agent says N only to within a factor 9/8. The
+noisy sum is divided by the federation's batch size B (public), not by q·N (which moves
+with N, and so with one record). Every random choice DP rests on (noise, sampling) comes
+from a fresh `privacy.dp.DPRandomness` per round, keyed from `os.urandom`;
+`reproducible_dp_seed` replaces it by one anyone who knows the seed can replay, for tests
+and benchmarks only (the daemon refuses it).
+
 Heads of tasks the institution holds no training labels for are frozen: they stay
 exactly at the global values, so their update is zero (and `local_contribution` sends
 zeros with a zero counter anyway). An optional FedProx term (Li et al. 2020, "Federated
@@ -40,8 +49,9 @@ from privacy.dp import (
     RoundPlan,
     check_round,
     noise_for_budget,
+    published_sample_rate,
 )
-from privacy.dp.engine import private_generator
+from privacy.dp.randomness import DPRandomness
 
 Progress = Callable[[int, int], None]
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]
@@ -87,7 +97,7 @@ class LocalTrainer:
         dataset: LocalDataset,
         *,
         device: str = "auto",
-        seed: int | None = None,
+        reproducible_dp_seed: int | None = None,
     ) -> None:
         expected = spec.model.encoder.sample_shape
         if dataset.sample_shape != expected:
@@ -104,7 +114,7 @@ class LocalTrainer:
         self.layout = ParameterLayout.model(spec)
         self._train = dataset.train.to(self.device)
         self._validation = dataset.validation.to(self.device)
-        self._seed = seed
+        self._reproducible_seed = reproducible_dp_seed
         self._rounds = 0
         #: Tasks trained here: held, with at least one labelled training sample.
         self.tasks_trained = tuple(t for t in dataset.tasks_held if dataset.train.labelled(t) > 0)
@@ -124,8 +134,24 @@ class LocalTrainer:
 
     @property
     def sample_rate(self) -> float:
-        """Poisson sampling rate q = expected batch size / training samples (at most 1)."""
-        return min(1.0, self.spec.training.batch_size / self.dataset.n_train)
+        """Poisson sampling rate: B / N (at most 1) rounded up to the published grid."""
+        return published_sample_rate(min(1.0, self.spec.training.batch_size / self.dataset.n_train))
+
+    @property
+    def noised_parameters(self) -> int:
+        """Parameters DP-SGD adds noise to: the encoder and the heads of the tasks trained."""
+        model = build_model(self.spec)
+        frozen = sum(
+            p.numel()
+            for name in self.spec.task_names
+            if name not in self.tasks_trained
+            for p in model.heads[name].parameters()
+        )
+        return sum(p.numel() for p in model.parameters()) - frozen
+
+    def noise_pairs(self, steps: int) -> int:
+        """Noise pairs (`privacy.dp.noise`) that `steps` DP-SGD steps draw."""
+        return steps * -(-self.noised_parameters // 2)
 
     @property
     def steps_per_round(self) -> int:
@@ -213,16 +239,14 @@ class LocalTrainer:
 
     # -- training ----------------------------------------------------------------------
 
-    def _generator(self, device: torch.device | str, stream: int) -> torch.Generator:
-        if self._seed is None:
-            return private_generator(device)
-        return private_generator(device, (self._seed * 1_000_003 + self._rounds) * 4 + stream)
-
-    def _noise_seed(self) -> int | None:
-        """None (a key from os.urandom) unless the trainer is seeded: tests, benchmarks."""
-        if self._seed is None:
-            return None
-        return (self._seed * 1_000_003 + self._rounds) * 4 + 1
+    def _randomness(self, stream: int = 0) -> DPRandomness:
+        """This round's noise and sampling: a key from os.urandom, or (tests and benchmarks
+        only) one derived from the reproducible seed, the round's index and `stream`."""
+        if self._reproducible_seed is None:
+            return DPRandomness.from_os()
+        return DPRandomness.predictable_from_seed(
+            (self._reproducible_seed * 1_000_003 + self._rounds) * 4 + stream
+        )
 
     def train(
         self,
@@ -260,9 +284,8 @@ class LocalTrainer:
         n = len(train)
         labels = {t: train.labels[t] for t in self.tasks_trained}
         masks = {t: train.masks[t] for t in self.tasks_trained}
-        labelled = {t: train.labelled(t) for t in self.tasks_trained}
         mu = self.spec.aggregation.fedprox_mu
-        sampler = self._generator("cpu", 0)
+        randomness = self._randomness()
         private: PrivateTraining | None = None
         # Per-task clipping: each (sample, task) pair is clipped to C / T, so a sample moves
         # the clipped sum by at most C, and the noise stays N(0, (sigma C)^2): Opacus adds
@@ -274,11 +297,14 @@ class LocalTrainer:
                 optimizer,
                 noise_multiplier=plan.noise_multiplier * split,
                 max_grad_norm=dp.max_grad_norm / split,
-                expected_batch_size=plan.sample_rate * n,
+                # The public batch size: q·N would move with N, i.e. with one record.
+                expected_batch_size=float(self.spec.training.batch_size),
                 mode=dp.grad_sample_mode,
-                noise_seed=self._noise_seed(),
+                noise=randomness.noise,
             )
-        normalisers = {t: n / labelled[t] for t in self.tasks_trained}
+        # Each labelled sample's loss counts its task's weight: a fixed, public factor. (N/N_t
+        # would make one record move every other record's gradient; see agent/loss.py.)
+        normalisers = dict.fromkeys(self.tasks_trained, 1.0)
 
         def proximal_gradient() -> None:
             for p, p0 in zip(params, anchor, strict=True):
@@ -291,7 +317,7 @@ class LocalTrainer:
             for step in range(plan.steps):
                 # Poisson sampling: each sample joins the batch independently with rate q
                 # (the sampling DP-SGD's privacy amplification analysis assumes).
-                chosen = torch.rand(n, generator=sampler) < plan.sample_rate
+                chosen = randomness.sampling.mask(n, plan.sample_rate)
                 idx = chosen.nonzero().squeeze(1).to(self.device)
                 batch = _select(train.features, labels, masks, idx)
                 if private is not None:
@@ -374,9 +400,9 @@ class LocalTrainer:
         steps = max(1, math.ceil(epochs / q - 1e-9))
         labels = {t: train.labels[t] for t in self.tasks_trained}
         masks = {t: train.masks[t] for t in self.tasks_trained}
-        sampler = self._generator("cpu", stream)
+        sampling = self._randomness(stream).sampling
         for step in range(steps):
-            idx = (torch.rand(n, generator=sampler) < q).nonzero().squeeze(1).to(self.device)
+            idx = sampling.mask(n, q).nonzero().squeeze(1).to(self.device)
             result = self._plain_step(
                 model, optimizer, _select(train.features, labels, masks, idx), params, None
             )

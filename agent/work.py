@@ -18,9 +18,17 @@
 
 Crash safety, in this order: the trained result is saved in the encrypted round-state
 store, *then* the spend is recorded in the ledger (one transaction), *then* the result is
-handed back to be masked and uploaded. A restart after the save reuses the very same
-result (never trains twice for a round it may already have sent), and records its spend
-if that had not happened yet: the ledger never under-counts.
+handed back to be masked and uploaded. Every training run gets a random identifier
+(`run_id`), kept in its cached result (inside its spend report) and in its ledger row. A
+restart after the save reuses the very same result (never trains twice for a round it may
+already have sent), and records its spend if *that run* is not in the ledger yet, whatever
+else the ledger holds for the round's number: a round number offered again (after a
+crash, or by a coordinator that reuses numbers) can never hide a spend, so the ledger
+never under-counts.
+
+The budget check reserves the noise sampler's slack for every noise pair drawn so far and
+planned (`privacy.dp.budget`). `AgentWork` is the only writer of the ledger: the daemon
+reports how a round ended through `end_round`.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -109,7 +118,10 @@ class AgentWork:
         self.stop = stop or threading.Event()
         self.show_progress = show_progress
         self.trainer = LocalTrainer(
-            self.spec, dataset, device=config.training.device, seed=config.training.seed
+            self.spec,
+            dataset,
+            device=config.training.device,
+            reproducible_dp_seed=config.testing.reproducible_dp_seed,
         )
         #: The round this agent last decided on or trained for (for the daemon's error path).
         self.current: RoundRef | None = None
@@ -195,10 +207,15 @@ class AgentWork:
             left,
             accountant.kind,
             accountant.history,
+            sampler_pairs=self.ledger.noise_pairs() + left * self._round_pairs(),
         )
         if not accountant.history:
             self.ledger.remember(_SIGMA_MEMO, {"basis": basis, "sigma": sigma})
         return sigma
+
+    def _round_pairs(self, steps: int | None = None) -> int:
+        """Noise pairs one round of `steps` steps (default: the planned steps) draws."""
+        return self.trainer.noise_pairs(self.trainer.steps_per_round if steps is None else steps)
 
     # -- LocalWork --------------------------------------------------------------------------
 
@@ -232,6 +249,7 @@ class AgentWork:
                 plan.noise_multiplier,
                 plan.sample_rate,
                 plan.steps,
+                sampler_pairs=self.ledger.noise_pairs() + self._round_pairs(plan.steps),
             )
         except BudgetExceeded as exc:
             self.ledger.decline(
@@ -283,8 +301,13 @@ class AgentWork:
         cached = self.store.load(key)
         if cached is not None:
             result = decode_result(cached)
-            if not self.ledger.spends(federation, number) and result.spend is not None:
-                self._record(federation, number, result.spend)
+            spend = result.spend
+            if spend is not None and (
+                self.ledger.spend_of_run(spend.run_id) is None
+                if spend.run_id is not None
+                else not self.ledger.spends(federation, number)  # cached before run ids
+            ):
+                self._record(federation, number, spend)
             event(_log, "training_reused", round=number, hint="trained before a restart")
             return result
         entry = self.ledger.round(federation, number)
@@ -302,9 +325,9 @@ class AgentWork:
                 plan.noise_multiplier,
                 plan.sample_rate,
                 plan.steps,
+                sampler_pairs=self.ledger.noise_pairs() + self._round_pairs(plan.steps),
             )
-        except BudgetExceeded as exc:
-            self.ledger.finish(federation, number, RoundStatus.DROPPED, DECLINE_BUDGET)
+        except BudgetExceeded as exc:  # the daemon records the round as dropped
             raise CannotContinue(f"budget: {exc}") from None
 
         personaliser = self.personaliser(federation, number)
@@ -346,6 +369,7 @@ class AgentWork:
             epsilon=accountant.epsilon(self.delta),
             accountant=self.config.privacy.accountant,
             budget_epsilon=self.budget,
+            run_id=secrets.token_urlsafe(16),
         )
         result = LocalResult(
             contribution=contribution,
@@ -447,7 +471,26 @@ class AgentWork:
             epsilon=accountant.epsilon(self.delta),
             budget_epsilon=self.budget,
             accountant_state=accountant.state_dict(),
+            run_id=spend.run_id,
+            noise_pairs=self.trainer.noise_pairs(spend.steps) if spend.noise_multiplier else 0,
         )
+
+    def end_round(
+        self,
+        federation: str,
+        number: int,
+        status: RoundStatus | None,
+        reason: str | None = None,
+        *,
+        keep_result: bool = False,
+    ) -> None:
+        """Record how a round ended for this institution (None: as it stands) and drop its
+        trained result unless `keep_result`. The daemon calls this; it is the only place a
+        round's end is written to the ledger."""
+        if status is not None:
+            self.ledger.finish(federation, number, status, None if reason is None else reason[:200])
+        if not keep_result:
+            self.forget(federation, number)
 
     def forget(self, federation: str, number: int) -> None:
         """Drop a finished round's trained result from the store."""

@@ -22,10 +22,14 @@ a DP step is `privacy.dp.PrivateTraining.step` (per-sample gradients or norms, c
 to C = 1, Gaussian noise sigma = 1, the update) in each of Opacus' modes: `hooks`,
 `functorch`, `ew` (ExpandedWeights), `ghost` (ghost clipping); and in `bk`, book-keeping
 clipping (`privacy.dp.bookkeeping`: ghost clipping's norms from one backward pass).
-Every DP mode draws its noise from `privacy.dp.noise` (AES-256-CTR, Box-Muller). Timings
-are interleaved (plain, then each mode, repeated) so that all modes see the same machine
-load; a mode's time is the median over repetitions, and its ratio is that over plain's
-median.
+Every DP mode draws its noise from `privacy.dp.noise` (keystream, float64 Box-Muller, the
+noisy sum snapped to its lattice). Timings are interleaved (plain, then each mode,
+repeated) so that all modes see the same machine load; a mode's time is the median over
+repetitions, and its ratio is that over plain's median.
+
+Before the headline, the noise sampler's own cost: adding noise to a million coordinates
+(`GaussianNoise.add_to_`: keystream, Box-Muller, snapping) against drawing the raw
+keystream it consumes (`Keystream.words`, 12 bytes per coordinate), interleaved likewise.
 
 A mode that cannot handle a model is reported as such. The last line is the headline: the
 best mode's ratio for the last model (`mlp1m`, or `cnn1m` with `--model cnn`).
@@ -54,6 +58,8 @@ from agent.loss import multitask_loss, per_sample_loss
 from federation.model import build_model
 from federation.spec import FederationSpec, TaskKind
 from privacy.dp import GRAD_SAMPLE_MODES, PrivateTraining, UnsupportedMode
+from privacy.dp.keystream import Keystream
+from privacy.dp.noise import WORDS_PER_PAIR, GaussianNoise
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 HEART_SPEC = EXAMPLES / "heart_disease/federation.json"
@@ -170,7 +176,7 @@ def private_engine(model: nn.Module, work: Workload, mode: str) -> PrivateTraini
         max_grad_norm=1.0,
         expected_batch_size=float(work.batch),
         mode=mode,
-        noise_seed=0,
+        noise=GaussianNoise.predictable_from_seed(0),
     )
 
 
@@ -199,6 +205,29 @@ def measure(work: Workload, device: torch.device, repeats: int, steps: int) -> d
             sync(device)
             samples[name].append((time.perf_counter() - start) / steps)
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def sampler_cost(device: torch.device, repeats: int) -> tuple[float, float]:
+    """Median seconds to noise a million coordinates, and to draw the keystream alone."""
+    n = 1_000_000
+    noise = GaussianNoise.predictable_from_seed(1)
+    keystream = Keystream(bytes(32))
+    target = torch.zeros(n, device=device)
+    words = WORDS_PER_PAIR * (n // 2)
+    runs = {
+        "sampler": lambda: noise.add_to_([target], 1.0),
+        "keystream": lambda: keystream.words(words, 0, device),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        run()
+    for _ in range(max(5, repeats)):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            sync(device)
+            samples[name].append(time.perf_counter() - start)
+    return statistics.median(samples["sampler"]), statistics.median(samples["keystream"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,6 +272,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {name:<10} {seconds * 1e3:9.3f} {seconds / plain:8.2f}")
         headline = min((t / plain, name) for name, t in times.items() if name != "plain")
     assert headline is not None
+    sampler, raw = sampler_cost(device, repeats)
+    print(
+        f"\nnoise_sampler: {sampler * 1e3:.2f} ms per million draws (keystream alone "
+        f"{raw * 1e3:.2f} ms, {sampler / raw:.1f}x)"
+    )
     print(f"dp_overhead: best_ratio={headline[0]:.2f} mode={headline[1]}")
 
 

@@ -15,7 +15,8 @@ are split into training and a held-out split (20%, stratified by disease) that o
 reported figures are measured on; `--select` cuts the training split once more and never
 looks at the held-out split.
 
-For each seed (it sets the split, the initial weights and the training randomness), per
+For each seed (it sets the split, the initial weights and, through the benchmark-only
+`reproducible_dp_seed`, the DP noise and sampling), per
 hospital and task, every model trains for the same epochs (`rounds` x the spec's local
 epochs) with the same batch size:
 

@@ -115,6 +115,7 @@ def inner_split(data: LocalDataset, spec: FederationSpec, seed: int) -> LocalDat
         tasks_held=data.tasks_held,
         feature_names=data.feature_names,
         label_scales=data.label_scales,
+        scaling=data.scaling,
     )
 
 
@@ -136,7 +137,9 @@ def trainers(
     for i, name in enumerate(HOSPITALS):
         if name in data:
             try:
-                out[name] = LocalTrainer(spec, data[name], device="cpu", seed=seed * 100 + i)
+                out[name] = LocalTrainer(
+                    spec, data[name], device="cpu", reproducible_dp_seed=seed * 100 + i
+                )
             except DataError:  # no label of the (restricted) tasks in its training split
                 continue
     return out
@@ -213,6 +216,7 @@ def _pool(spec: FederationSpec, data: Mapping[str, LocalDataset]) -> LocalDatase
         tasks_held=spec.task_names,
         feature_names=first.feature_names,
         label_scales={k: v for d in data.values() for k, v in d.label_scales.items()},
+        scaling=first.scaling,
     )
 
 
@@ -228,7 +232,9 @@ def run_pooled(
     given: a central model, the reference a federation cannot beat on privacy alone)."""
     spec = seeded(spec, seed, dp=epsilon is not None)
     local = trainers(spec, data, seed)
-    pooled = LocalTrainer(spec, _pool(spec, data), device="cpu", seed=seed * 100 + 99)
+    pooled = LocalTrainer(
+        spec, _pool(spec, data), device="cpu", reproducible_dp_seed=seed * 100 + 99
+    )
     vector = _initial(spec)
     accountant = Accountant(spec.dp.accountant.value)
     for done in range(rounds):

@@ -45,7 +45,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fmtl.demo.record import NOT_METRICS, DemoRecord
-from fmtl.demo.run import FINAL_MODEL_FILE, DemoOptions, DemoRun, agent_seed
+from fmtl.demo.run import FINAL_MODEL_FILE, DemoOptions, DemoRun
 
 #: (task, metric) -> institution (or "average") -> value.
 Taskwise = dict[tuple[str, str], dict[str, float]]
@@ -86,7 +86,7 @@ def evaluate_final_model(run_dir: Path, seed: int) -> dict[str, dict[str, dict[s
     vector = np.frombuffer(raw, dtype="<f4").astype(np.float64)
     datasets = load_datasets(spec, mappings, seed)
     return {
-        name: LocalTrainer(spec, data, device="cpu", seed=agent_seed(seed, i)).evaluate(vector)
+        name: LocalTrainer(spec, data, device="cpu").evaluate(vector)
         for i, (name, data) in enumerate(datasets.items())
     }
 

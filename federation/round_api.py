@@ -277,6 +277,15 @@ class SpendReport(_Wire):
     epsilon: float = Field(ge=0.0, description="Cumulative ε reported by the agent.")
     accountant: Literal["rdp", "prv"]
     budget_epsilon: float | None = Field(default=None, gt=0.0)
+    run_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{8,64}$",
+        description="The agent's identifier of the local training run that spent this "
+        "(random, e.g. `secrets.token_urlsafe(16)`), stored with the agent's cached result and "
+        "spend row and with the coordinator's ledger row: a run reported again under another "
+        "round (a cached result sent again) is charged once, and a re-offered round number "
+        "can never hide a run.",
+    )
 
     @field_validator("noise_multiplier", "sample_rate", "delta", "epsilon", "budget_epsilon")
     @classmethod

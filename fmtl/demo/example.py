@@ -226,13 +226,14 @@ def agent_config(
 ) -> str:
     """The agent.toml of one hospital: its data mapping, its own budget, its state folder.
 
-    `seed` seeds the agent's training (data order and DP noise: reproducible, for demos and
-    benchmarks only; None leaves the noise to the OS's CSPRNG); `split_seed`, when given,
-    replaces the mapping's seed of its train/validation split; `data_root`, when given, is
-    what the mapping's relative data path resolves against (generated example data);
-    `share_own_metrics` opts the hospital in to sending its own validation metrics in clear.
-    `personalisation`, when given, is the hospital's `[personalisation]` section.
-    `device` is where the agent trains (cpu, cuda or auto).
+    `seed` makes the agent's DP noise and sampling reproducible (`[testing]
+    reproducible_dp_seed`: for demos and benchmarks only, refused by `fmtl agent run`, so
+    such an agent runs under `python -m fmtl.demo.agent`); None leaves them to the OS's
+    CSPRNG. `split_seed`, when given, replaces the mapping's seed of its train/validation
+    split; `data_root`, when given, is what the mapping's relative data path resolves
+    against (generated example data); `share_own_metrics` opts the hospital in to sending
+    its own validation metrics in clear. `personalisation`, when given, is the hospital's
+    `[personalisation]` section. `device` is where the agent trains (cpu, cuda or auto).
     """
     data = dict(hospital.mapping)
     base = data_root if data_root is not None else hospital.mapping_file.parent
@@ -251,7 +252,7 @@ def agent_config(
             "accountant": accountant,
             "share_own_metrics": share_own_metrics,
         },
-        "training": {"device": device} if seed is None else {"device": device, "seed": seed},
+        "training": {"device": device},
         **({"personalisation": personalisation} if personalisation else {}),
         "daemon": {
             "poll_interval_s": poll_interval_s,
@@ -260,6 +261,8 @@ def agent_config(
             "shutdown_grace_s": 5.0,
         },
     }
+    if seed is not None:
+        document["testing"] = {"reproducible_dp_seed": seed}
     return to_toml(
         document,
         header=f"agent.toml of {hospital.name}, written by `fmtl demo`\n"

@@ -30,6 +30,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -120,7 +121,8 @@ class DemoOptions:
     redis: str | None = None
     out: Path | None = None
     #: None: the spec's initial model, the mappings' splits, unseeded training (DP noise
-    #: from the OS's CSPRNG). A seed makes the whole run reproducible, DP noise included.
+    #: from the OS's CSPRNG). A seed makes the whole run reproducible, DP noise included:
+    #: its agents run under `python -m fmtl.demo.agent` (`fmtl agent run` refuses that).
     seed: int | None = None
     #: Where the agents train: cpu (default: four agents share this machine's cores), cuda
     #: or auto.
@@ -546,10 +548,15 @@ class DemoRun:
 
     def _start_agent(self, agent: _Agent) -> None:
         agent.starts += 1
+        # A seeded run makes the DP noise reproducible, which `fmtl agent run` refuses: its
+        # agents run under the demo's own runner that allows it (fmtl/demo/agent.py).
+        command = (
+            fmtl_command("agent", "run", "--config", str(agent.config))
+            if self.options.seed is None
+            else [sys.executable, "-m", "fmtl.demo.agent", "--config", str(agent.config)]
+        )
         agent.child = self.children.start(
-            f"agent-{agent.hospital.name}",
-            fmtl_command("agent", "run", "--config", str(agent.config)),
-            self._agent_env(),
+            f"agent-{agent.hospital.name}", command, self._agent_env()
         )
 
     def _wait_agents_started(self, agents: list[_Agent]) -> None:
@@ -761,7 +768,7 @@ def _has_started(agent: _Agent) -> bool:
 
 
 def agent_seed(seed: int, index: int) -> int:
-    """The training seed of the index-th hospital: the in-process benchmark's convention
+    """The DP seed of the index-th hospital: the in-process benchmark's convention
     (`benchmarks/heart_disease.py`), so the same --seed means the same runs there and here."""
     return seed * 100 + index
 

@@ -3,6 +3,11 @@
 An agent calls `noise_for_budget` to choose sigma so that its budget is spent evenly over
 the rounds it plans to join, `check_round` before it trains (raising `BudgetExceeded`
 before a single step could overspend), and `Accountant.record` after the round.
+
+Both reserve the noise sampler's slack (`privacy.dp.noise.sampler_slack`) when told how
+many noise pairs the history and the plan draw: ε is computed at the δ left after the
+sampler's share and the sampler's ε is added, so the institution's (ε, δ) holds for the
+implementation, not only for ideal Gaussians.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from privacy.dp.accountant import (
     epsilon_for,
 )
 from privacy.dp.errors import BudgetExceeded, InvalidBudget
+from privacy.dp.noise import sampler_slack
 
 #: Largest noise multiplier `noise_for_budget` considers; beyond it training learns nothing.
 MAX_NOISE_MULTIPLIER: Final = 1e4
@@ -47,6 +53,21 @@ class RoundPlan:
         return HistoryEntry(self.noise_multiplier, self.sample_rate, self.steps)
 
 
+def reserved_for_sampler(epsilon: float, delta: float, pairs: int) -> tuple[float, float]:
+    """(ε, δ) left for the accountant once `pairs` noise pairs' slack is reserved from a
+    budget (ε, δ); `BudgetExceeded` when the slack alone would take all of δ."""
+    slack = sampler_slack(pairs, epsilon)
+    delta_left = (delta - slack.delta_add) / slack.delta_factor
+    if not delta_left > 0.0:
+        raise BudgetExceeded(
+            f"{pairs} noise pairs would take all of delta {delta:g}",
+            spent=0.0,
+            projected=math.inf,
+            budget=epsilon,
+        )
+    return epsilon - slack.epsilon, delta_left
+
+
 def check_epsilon_budget(epsilon: float, setting: str = "epsilon") -> float:
     if not math.isfinite(epsilon) or epsilon <= 0.0:
         raise InvalidBudget(f"{setting} must be a finite number > 0, got {epsilon}")
@@ -61,15 +82,19 @@ def noise_for_budget(
     rounds: int,
     accountant_kind: AccountantKind | str = AccountantKind.RDP,
     history: Iterable[HistoryEntry | tuple[float, float, int]] = (),
+    sampler_pairs: int = 0,
 ) -> float:
     """The smallest noise multiplier that keeps the total within `epsilon` after `rounds`
     more rounds of `steps_per_round` steps at `sample_rate`, on top of `history`.
 
-    Raises `InvalidBudget` for a budget of 0 (or less) and `BudgetExceeded` when the
-    history alone already spent it, or when no sigma up to `MAX_NOISE_MULTIPLIER` fits.
+    `sampler_pairs`: the noise pairs of the history and all those rounds, whose sampler
+    slack is reserved first. Raises `InvalidBudget` for a budget of 0 (or less) and
+    `BudgetExceeded` when the history alone already spent it, or when no sigma up to
+    `MAX_NOISE_MULTIPLIER` fits.
     """
     check_epsilon_budget(epsilon)
     check_delta(delta)
+    epsilon, delta = reserved_for_sampler(epsilon, delta, sampler_pairs)
     if rounds < 1:
         raise InvalidBudget(f"rounds must be >= 1, got {rounds}")
     past = [check_entry(*entry) for entry in history]
@@ -86,8 +111,11 @@ def noise_for_budget(
 
     def eps(sigma: float) -> float:
         with warnings.catch_warnings():
-            # Probes at a small sigma hit the largest RDP order; only the answer matters.
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            # Probes far from the answer hit the largest or smallest RDP order; only the
+            # answer matters.
+            warnings.filterwarnings(
+                "ignore", message="Optimal order is the (largest|smallest) alpha"
+            )
             return epsilon_for([*past, (sigma, sample_rate, total_steps)], delta, accountant_kind)
 
     # Keep the sigma of the previous round when it still spreads the budget evenly: the
@@ -128,11 +156,20 @@ def check_round(
     noise_multiplier: float,
     sample_rate: float,
     steps: int,
+    sampler_pairs: int = 0,
 ) -> float:
-    """The projected epsilon of a planned round; `BudgetExceeded` if it passes the budget."""
+    """The projected epsilon of a planned round; `BudgetExceeded` if it passes the budget.
+
+    With `sampler_pairs` (the noise pairs of the history and the round) the projection is
+    the accountant's ε at the δ the sampler leaves, plus the sampler's ε."""
     check_epsilon_budget(budget_epsilon, "budget epsilon")
+    slack = sampler_slack(sampler_pairs, budget_epsilon)
+    _, delta_left = reserved_for_sampler(budget_epsilon, delta, sampler_pairs)
     spent = accountant.epsilon(delta)
-    projected = accountant.projected_epsilon(noise_multiplier, sample_rate, steps, delta)
+    projected = (
+        accountant.projected_epsilon(noise_multiplier, sample_rate, steps, delta_left)
+        + slack.epsilon
+    )
     if projected > budget_epsilon:
         raise BudgetExceeded(
             f"the round would bring epsilon from {spent:.3f} to {projected:.3f} "
@@ -150,4 +187,5 @@ __all__ = [
     "check_epsilon_budget",
     "check_round",
     "noise_for_budget",
+    "reserved_for_sampler",
 ]

@@ -21,15 +21,16 @@ materialising per-sample gradients, then a second backward pass of the clipped l
 `bk` is book-keeping clipping for Linear, Conv2d and GroupNorm layers
 (`privacy.dp.bookkeeping`): the same norms, and the clipped sum formed from one backward
 pass; Opacus' optimizer adds the noise as in `ghost`.
-The Gaussian noise comes from `privacy.dp.noise` (AES-256-CTR keystream, Box-Muller), keyed
-from `os.urandom`, in every mode; Opacus' optimizers do the rest (clip, sum, scale).
+The Gaussian noise comes from `privacy.dp.noise` in every mode (a CSPRNG keystream,
+float64 Box-Muller, the noisy sum snapped to a lattice: see that module for exactly what
+is claimed), keyed from `os.urandom` unless the caller passes its own `GaussianNoise`;
+Opacus' optimizers do the rest (clip, sum, scale).
 An empty Poisson batch still takes a step: the update is the noise alone, as DP-SGD's
 analysis assumes.
 """
 
 from __future__ import annotations
 
-import secrets
 import warnings
 from collections.abc import Callable
 from typing import Any, Final, Literal, get_args
@@ -53,38 +54,21 @@ GradSampleMode = Literal["hooks", "functorch", "ew", "ghost", "bk"]
 GRAD_SAMPLE_MODES: Final[tuple[str, ...]] = get_args(GradSampleMode)
 
 
-def private_generator(device: torch.device | str, seed: int | None = None) -> torch.Generator:
-    """A generator for Poisson sampling on `device`: seeded from the OS's CSPRNG unless a
-    seed is given (tests and reproducible benchmarks only). The noise has its own,
-    cryptographically secure source (`privacy.dp.noise`)."""
-    generator = torch.Generator(device=device)
-    generator.manual_seed(secrets.randbits(63) if seed is None else seed)
-    return generator
-
-
-def _add_noise(optimizer: Any, noise: GaussianNoise, buffers: dict[str, torch.Tensor]) -> None:
+def _add_noise(optimizer: Any, noise: GaussianNoise) -> None:
     """Opacus' `add_noise` with the noise from `noise` (`privacy.dp.noise`): each coordinate
-    of the clipped sum gets N(0, (sigma C)^2). The noise of all parameters on a device is
-    drawn at once into a buffer kept between steps and added in place (Opacus allocates a
-    zero tensor, a noise tensor and their sum per parameter at every step)."""
+    of the clipped sum gets N(0, (sigma C)^2) and the noisy sum is snapped to the noise's
+    lattice, in place, all parameters of a device at once (Opacus allocates a zero tensor,
+    a noise tensor and their sum per parameter at every step)."""
     std = optimizer.noise_multiplier * optimizer.max_grad_norm
     params = list(optimizer.params)
     for p in params:
         _check_processed_flag(p.summed_grad)
     if std > 0:
-        by_device: dict[str, list[torch.Tensor]] = {}
+        by_device: dict[torch.device, list[torch.Tensor]] = {}
         for p in params:
-            by_device.setdefault(str(p.summed_grad.device), []).append(p.summed_grad)
-        for device, sums in by_device.items():
-            total = sum(t.numel() for t in sums)
-            flat = buffers.get(device)
-            if flat is None or flat.numel() != total:
-                flat = buffers[device] = torch.empty(total, device=sums[0].device)
-            noise.fill_(flat, std)
-            offset = 0
-            for t in sums:
-                t.add_(flat[offset : offset + t.numel()].view_as(t))
-                offset += t.numel()
+            by_device.setdefault(p.summed_grad.device, []).append(p.summed_grad)
+        for sums in by_device.values():
+            noise.add_to_(sums, std)
     for p in params:
         p.grad = p.summed_grad.view_as(p)
         _mark_as_processed(p.summed_grad)
@@ -96,10 +80,9 @@ class _NoiseFromSource:
     def __init__(self, optimizer: torch.optim.Optimizer, noise: GaussianNoise, **kw: Any) -> None:
         super().__init__(optimizer, **kw)  # type: ignore[call-arg]  # Opacus' optimizer
         self._fmtl_noise = noise
-        self._fmtl_buffers: dict[str, torch.Tensor] = {}
 
     def add_noise(self) -> None:
-        _add_noise(self, self._fmtl_noise, self._fmtl_buffers)
+        _add_noise(self, self._fmtl_noise)
 
 
 class _PerSampleOptimizer(_NoiseFromSource, DPOptimizer):  # type: ignore[misc]
@@ -132,7 +115,7 @@ class PrivateTraining:
         max_grad_norm: float,
         expected_batch_size: float,
         mode: GradSampleMode | str = "hooks",
-        noise_seed: int | None = None,
+        noise: GaussianNoise | None = None,
     ) -> None:
         if mode not in GRAD_SAMPLE_MODES:
             raise UnsupportedMode(
@@ -146,10 +129,9 @@ class PrivateTraining:
             raise InvalidPrivacyParameter(
                 f"expected batch size must be > 0, got {expected_batch_size}"
             )
-        # The noise key comes from os.urandom unless a seed is given (tests, benchmarks).
-        noise = (
-            GaussianNoise.from_os() if noise_seed is None else GaussianNoise.from_seed(noise_seed)
-        )
+        # A fresh key from os.urandom unless the caller brings its noise (a round's
+        # `DPRandomness`, or predictable noise in tests and benchmarks).
+        noise = noise if noise is not None else GaussianNoise.from_os()
         settings: dict[str, Any] = {
             "noise_multiplier": noise_multiplier,
             "max_grad_norm": max_grad_norm,
@@ -264,4 +246,4 @@ class PrivateTraining:
             remove()
 
 
-__all__ = ["GRAD_SAMPLE_MODES", "GradSampleMode", "PrivateTraining", "private_generator"]
+__all__ = ["GRAD_SAMPLE_MODES", "GradSampleMode", "PrivateTraining"]

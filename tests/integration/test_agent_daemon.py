@@ -101,7 +101,9 @@ def _validation_loss(spec: FederationSpec, vector: NDArray[np.float64]) -> float
     losses = []
     for name in HOSPITALS:
         mapping = DataMapping.from_toml(EXAMPLE / f"mapping_{name}.toml")
-        trainer = LocalTrainer(spec, load_dataset(mapping, spec), device="cpu", seed=0)
+        trainer = LocalTrainer(
+            spec, load_dataset(mapping, spec), device="cpu", reproducible_dp_seed=0
+        )
         for metrics in trainer.evaluate(vector).values():
             losses.append(metrics["loss"])
     return float(np.mean(losses))

@@ -28,7 +28,6 @@ epsilon = {epsilon}
 
 [training]
 device = "cpu"
-seed = 1
 
 [daemon]
 poll_interval_s = 0.1

@@ -202,3 +202,28 @@ def test_an_enrolled_agent_is_not_replaced_without_force(tmp_path: Path) -> None
     assert result.exit_code == EXIT_FAILURE
     assert "already enrolled" in _one_error_line(result.stderr)
     assert "--force" in result.stderr
+
+
+def test_run_and_check_refuse_reproducible_dp_noise(tmp_path: Path) -> None:
+    """The test-and-benchmark switch that makes DP noise predictable never reaches a
+    production agent: `fmtl agent run` (and `check`) refuse it before anything else."""
+    path = write_config(tmp_path, extra="[testing]\nreproducible_dp_seed = 1\n")
+    for command in ("run", "check"):
+        result = runner.invoke(app, [command, "--config", str(path)])
+        assert result.exit_code == EXIT_INPUT
+        line = _one_error_line(result.stderr)
+        assert "testing.reproducible_dp_seed: refused" in line
+        assert "predictable" in line
+
+
+def test_a_training_seed_is_no_longer_a_setting(tmp_path: Path) -> None:
+    """`training.seed` used to derive the DP noise and the sampling from a small integer;
+    it is refused with the reason, so no agent.toml can make the noise predictable."""
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace('device = "cpu"', 'device = "cpu"\nseed = 1'))
+    result = runner.invoke(app, ["status", "--config", str(path)])
+    assert result.exit_code == EXIT_INPUT
+    line = _one_error_line(result.stderr)
+    assert (
+        "training.seed: no longer a setting: DP noise and sampling never come from a seed" in line
+    )

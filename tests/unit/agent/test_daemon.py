@@ -16,6 +16,7 @@ from agent.daemon import EXIT_FAILURE, EXIT_OK, Backoff, Daemon, NotAccepted, Sh
 from agent.ledger import Ledger, RoundStatus
 from agent.round_participant import Outcome, StepResult
 from agent.round_state import InMemoryRoundStateStore
+from federation.round_api import MyStatus
 
 
 def test_backoff_grows_exponentially_caps_and_jitters() -> None:
@@ -43,17 +44,31 @@ class _Participant:
 
 
 class _Work:
-    def __init__(self) -> None:
+    """AgentWork's part the daemon uses: it alone writes a round's end to the ledger."""
+
+    def __init__(self, ledger: Ledger) -> None:
         self.profile = SimpleNamespace(federation="heart")
         self.current = None
         self.budget = 3.0
         self.forgotten: list[int] = []
+        self.ledger = ledger
 
     def epsilon_spent(self) -> float:
         return 0.0
 
-    def forget(self, federation: str, number: int) -> None:
-        self.forgotten.append(number)
+    def end_round(
+        self,
+        federation: str,
+        number: int,
+        status: RoundStatus | None,
+        reason: str | None = None,
+        *,
+        keep_result: bool = False,
+    ) -> None:
+        if status is not None:
+            self.ledger.finish(federation, number, status, reason)
+        if not keep_result:
+            self.forgotten.append(number)
 
 
 def _daemon(
@@ -63,7 +78,7 @@ def _daemon(
     ledger = Ledger(tmp_path / "ledger.sqlite3")
     daemon = Daemon(
         _Participant(iter(script)),  # type: ignore[arg-type]
-        _Work(),  # type: ignore[arg-type]
+        _Work(ledger),  # type: ignore[arg-type]
         ledger,
         InMemoryRoundStateStore(),
         config,
@@ -77,13 +92,17 @@ def test_network_errors_back_off_then_rounds_count_to_max_rounds(
     config: AgentConfig, tmp_path: Path
 ) -> None:
     script: list[object] = [
-        StepResult(Outcome.COMPLETED, round=7, detail="completed"),  # ended before we started
+        StepResult(
+            Outcome.COMPLETED, round=7, detail="completed", my_status=MyStatus.COMPLETED
+        ),  # ended before we started
         CoordinatorUnreachable("down"),
         CoordinatorUnreachable("still down"),
         StepResult(Outcome.IDLE, poll_after_s=1.0),
         StepResult(Outcome.ADVERTISED, round=1),
-        StepResult(Outcome.COMPLETED, round=1, detail="completed"),
-        StepResult(Outcome.COMPLETED, round=1, detail="completed"),  # seen again: once
+        StepResult(Outcome.COMPLETED, round=1, detail="completed", my_status=MyStatus.COMPLETED),
+        StepResult(
+            Outcome.COMPLETED, round=1, detail="completed", my_status=MyStatus.COMPLETED
+        ),  # seen again: once
         StepResult(Outcome.WAITING, round=2),
         StepResult(Outcome.FAILED, round=2, detail="too few"),
     ]
@@ -139,7 +158,7 @@ def test_sigterm_between_steps_stops_with_exit_0(config: AgentConfig, tmp_path: 
         ledger = Ledger(tmp_path / "ledger.sqlite3")
         daemon = Daemon(
             _Participant(steps()),  # type: ignore[arg-type]
-            _Work(),  # type: ignore[arg-type]
+            _Work(ledger),  # type: ignore[arg-type]
             ledger,
             InMemoryRoundStateStore(),
             config,
@@ -160,7 +179,7 @@ def test_a_round_that_ended_unseen_counts_when_the_next_one_opens(
         StepResult(Outcome.ADVERTISED, round=1),
         StepResult(Outcome.UNMASKED, round=1),
         StepResult(Outcome.ADVERTISED, round=2),  # round 1 completed between two polls
-        StepResult(Outcome.COMPLETED, round=2, detail="completed"),
+        StepResult(Outcome.COMPLETED, round=2, detail="completed", my_status=MyStatus.COMPLETED),
     ]
     daemon, _, ledger = _daemon(config, script, tmp_path, max_rounds=2)
     for number in (1, 2):
@@ -177,4 +196,32 @@ def test_a_round_that_ended_unseen_counts_when_the_next_one_opens(
     assert daemon.finished == {("heart", 1), ("heart", 2)}
     statuses = {entry.round: entry.status for entry in ledger.rounds()}
     assert statuses == {1: RoundStatus.COMPLETED, 2: RoundStatus.COMPLETED}
+    ledger.close()
+
+
+def test_how_a_round_ended_comes_from_the_coordinators_status_not_from_a_string(
+    config: AgentConfig, tmp_path: Path
+) -> None:
+    """`StepResult.my_status` carries the coordinator's `MyStatus` to the daemon; the
+    human-readable `detail` no longer decides what the ledger records."""
+    script: list[object] = [
+        StepResult(Outcome.ADVERTISED, round=1),
+        StepResult(Outcome.COMPLETED, round=1, detail="completed", my_status=MyStatus.DROPPED),
+        StepResult(Outcome.ADVERTISED, round=2),
+        StepResult(Outcome.COMPLETED, round=2, detail="", my_status=MyStatus.COMPLETED),
+    ]
+    daemon, _, ledger = _daemon(config, script, tmp_path, max_rounds=2)
+    for number in (1, 2):
+        ledger.join(
+            "heart",
+            number,
+            noise_multiplier=1,
+            sample_rate=0.1,
+            steps=1,
+            projected_epsilon=0.1,
+            budget_epsilon=3,
+        )
+    assert daemon.run() == EXIT_OK
+    statuses = {entry.round: entry.status for entry in ledger.rounds()}
+    assert statuses == {1: RoundStatus.DROPPED, 2: RoundStatus.COMPLETED}
     ledger.close()

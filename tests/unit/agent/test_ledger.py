@@ -95,3 +95,55 @@ def test_remembered_values_survive(tmp_path: Path) -> None:
     with Ledger.open(tmp_path / "l.sqlite3") as ledger:
         assert ledger.remembered("noise_plan") == {"sigma": 2.5}
         assert ledger.remembered("other") is None
+
+
+_SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE rounds (federation TEXT NOT NULL, round INTEGER NOT NULL, status TEXT NOT NULL,
+    reason TEXT, noise_multiplier REAL, sample_rate REAL, steps INTEGER,
+    projected_epsilon REAL, budget_epsilon REAL, created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL, PRIMARY KEY (federation, round));
+CREATE TABLE spends (id INTEGER PRIMARY KEY AUTOINCREMENT, federation TEXT NOT NULL,
+    round INTEGER NOT NULL, attempt INTEGER NOT NULL, noise_multiplier REAL NOT NULL,
+    sample_rate REAL NOT NULL, steps INTEGER NOT NULL, delta REAL NOT NULL,
+    accountant TEXT NOT NULL, epsilon REAL NOT NULL, budget_epsilon REAL NOT NULL,
+    accountant_state TEXT NOT NULL, recorded_at TEXT NOT NULL,
+    UNIQUE (federation, round, attempt));
+INSERT INTO meta VALUES ('schema_version', '1');
+INSERT INTO spends (federation, round, attempt, noise_multiplier, sample_rate, steps, delta,
+    accountant, epsilon, budget_epsilon, accountant_state, recorded_at)
+    VALUES ('f', 1, 1, 2.0, 0.25, 4, 1e-5, 'rdp', 0.5, 3.0, '{}', '2026-01-01T00:00:00+00:00');
+"""
+
+
+def test_a_schema_1_ledger_is_migrated_and_keeps_its_spends(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "ledger.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(_SCHEMA_1)
+    with Ledger.open(path) as ledger:
+        (old,) = ledger.spends()
+        assert old.history_entry == (2.0, 0.25, 4)
+        assert old.run_id is None
+        assert old.noise_pairs == 0
+        state = {"version": 1, "kind": "rdp", "history": []}
+        kwargs = {
+            "noise_multiplier": 2.0,
+            "sample_rate": 0.25,
+            "steps": 4,
+            "delta": 1e-5,
+            "accountant": "rdp",
+            "epsilon": 0.7,
+            "budget_epsilon": 3.0,
+            "accountant_state": state,
+            "run_id": "run-0123456789",
+            "noise_pairs": 10,
+        }
+        first = ledger.record_spend("f", 1, **kwargs)  # type: ignore[arg-type]
+        again = ledger.record_spend("f", 2, **kwargs)  # the same run, under another number
+        assert again == first
+        assert [s.run_id for s in ledger.spends()] == [None, "run-0123456789"]
+        assert ledger.noise_pairs() == 10
+    with Ledger.open(path) as reopened:  # the migration ran once
+        assert len(reopened.spends()) == 2

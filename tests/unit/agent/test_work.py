@@ -119,6 +119,42 @@ def test_joins_within_budget_trains_and_records_the_spend(
         assert len(ledger.spends(spec.name, 1)) == 1
 
 
+def test_a_round_number_offered_again_never_hides_a_new_runs_spend(
+    config: AgentConfig, spec: FederationSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round 1 trains and ends; the coordinator offers round number 1 again (it reused the
+    number); the new run's result is saved and the agent is killed before its spend is
+    recorded. On restart the cached result is reused, and its spend is recorded: the
+    ledger's spend of the *earlier* run under the same number does not hide it."""
+    store = InMemoryRoundStateStore()
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        work = _work(config, spec, ledger, store)
+        assert work.decide(_assignment(spec, 1)).join
+        work.train(_assignment(spec, 1), _global(spec))
+        work.forget(spec.name, 1)  # the round ended
+        assert len(ledger.spends()) == 1
+
+        record = ledger.record_spend
+
+        def killed(*args: object, **kwargs: object) -> None:
+            raise KeyboardInterrupt("killed between saving the result and the spend")
+
+        monkeypatch.setattr(ledger, "record_spend", killed)
+        with pytest.raises(KeyboardInterrupt):
+            work.train(_assignment(spec, 1), _global(spec))  # round number 1, again
+        monkeypatch.setattr(ledger, "record_spend", record)
+        again = work.train(_assignment(spec, 1), _global(spec))  # restarted agent
+        spends = ledger.spends()
+        assert len(spends) == 2
+        assert again.spend is not None
+        assert spends[1].run_id == again.spend.run_id
+        assert spends[0].run_id != spends[1].run_id
+        # Called once more, the same run is not counted twice.
+        work.train(_assignment(spec, 1), _global(spec))
+        assert len(ledger.spends()) == 2
+        assert ledger.noise_pairs() == 2 * work.trainer.noise_pairs(spends[0].steps)
+
+
 def test_declines_a_round_that_would_overspend(tmp_path: Path, spec: FederationSpec) -> None:
     fixed = spec.model_copy(update={"dp": spec.dp.model_copy(update={"noise_multiplier": 0.6})})
     config = load_config(

@@ -196,3 +196,50 @@ def test_relative_path_resolves_against_the_mapping_file(tmp_path: Path) -> None
     m = DataMapping.from_toml(file)
     assert m.path == (tmp_path / "sub" / "local.csv").resolve()
     assert np.isclose(load_dataset(m, small_spec()).n_train + 0.0, 8.0)
+
+
+def test_under_dp_one_record_never_moves_another_records_inputs_or_labels(
+    tmp_path: Path,
+) -> None:
+    """The clipping bound bounds one record's influence only if the other records' scaled
+    inputs and labels do not depend on it. Under DP a mapping without public scales is
+    refused, and with them an added record (an outlier) leaves every other row as it was."""
+    spec = small_spec(dp=True)
+    plain = mapping(write(tmp_path), validation_fraction=0.0)
+    with pytest.raises(DataError, match=r"feature_scales: no public scale for a, b; .* DP"):
+        load_dataset(plain, spec)
+    scaled = {
+        "feature_scales": {"a": {"center": 5.0, "scale": 3.0}, "b": {"center": 50, "scale": 30}},
+        "labels": {
+            "flag": "flag",
+            "grade": "grade",
+            "level": {"column": "level", "center": 4.0, "scale": 2.0},
+        },
+        "validation_fraction": 0.0,
+    }
+    base = load_dataset(mapping(write(tmp_path), **scaled), spec)
+    grown = load_dataset(
+        mapping(write(tmp_path, CSV + "1000.0,9000,1,2,500.0\n", "grown.csv"), **scaled), spec
+    )
+    assert torch.equal(grown.train.features[:10], base.train.features)
+    assert torch.equal(grown.train.labels["level"][:10], base.train.labels["level"])
+    assert base.scaling.data_independent
+    assert base.scaling.describe().startswith(
+        "scales: fixed in the data mapping (public) for 2 features and 1 regression labels"
+    )
+
+
+def test_without_dp_unset_scales_come_from_local_statistics_and_say_so(tmp_path: Path) -> None:
+    data = load_dataset(mapping(write(tmp_path)), small_spec())
+    assert not data.scaling.data_independent
+    assert "from local data (no DP in this federation): a, b, level" in data.scaling.describe()
+
+
+def test_proposed_scales_are_local_means_and_deviations_rounded(tmp_path: Path) -> None:
+    from agent.data import propose_scales
+
+    proposed = propose_scales(mapping(write(tmp_path)), small_spec())
+    assert proposed.rows == 10
+    assert (proposed.features["a"].center, proposed.features["a"].scale) == (5.5, 2.9)
+    assert proposed.features["b"].center == 58.0  # 57.5 over the 8 observed values
+    assert set(proposed.labels) == {"level"}

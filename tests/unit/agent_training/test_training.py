@@ -85,12 +85,12 @@ def test_task_mean_is_over_labelled_samples_only() -> None:
 
 def cleveland(heart_disease_dir: Path, spec: FederationSpec) -> LocalTrainer:
     mapping = DataMapping.from_toml(heart_disease_dir / "mapping_cleveland.toml")
-    return LocalTrainer(spec, load_dataset(mapping, spec), device="cpu", seed=3)
+    return LocalTrainer(spec, load_dataset(mapping, spec), device="cpu", reproducible_dp_seed=3)
 
 
 def hungarian(heart_disease_dir: Path, spec: FederationSpec) -> LocalTrainer:
     mapping = DataMapping.from_toml(heart_disease_dir / "mapping_hungarian.toml")
-    return LocalTrainer(spec, load_dataset(mapping, spec), device="cpu", seed=3)
+    return LocalTrainer(spec, load_dataset(mapping, spec), device="cpu", reproducible_dp_seed=3)
 
 
 def start(spec: FederationSpec) -> np.ndarray:

@@ -165,10 +165,11 @@ def test_agents_are_unseeded_unless_the_run_asks_for_reproducibility(
         )
         return parse_config(tomllib.loads(text))
 
-    assert config(None).training.seed is None  # DP noise from the OS's CSPRNG
+    assert config(None).testing.reproducible_dp_seed is None  # DP noise from the OS's CSPRNG
+    assert config(None).testing.active == []
     assert config(None).data.split_seed == hospital.mapping.get("split_seed", 0)
     seeded = config(7)
-    assert seeded.training.seed == 7
+    assert seeded.testing.reproducible_dp_seed == 7
     assert seeded.data.split_seed == 7
 
 

@@ -11,6 +11,7 @@ from federation.model import build_model
 from federation.spec import FederationSpec
 from privacy.dp import PrivateTraining, UnsupportedMode
 from privacy.dp.bookkeeping import BookKeepingClipper, _conv_patches, gram_is_cheaper
+from privacy.dp.noise import GaussianNoise
 from tests.unit.agent_training.conftest import small_spec
 from tests.unit.dp.conv_support import conv_batch, conv_spec
 
@@ -50,7 +51,7 @@ def clipped_update(spec: FederationSpec, mode: str, freeze: str | None = None) -
         max_grad_norm=C,
         expected_batch_size=1.0,
         mode=mode,
-        noise_seed=0,
+        noise=GaussianNoise.predictable_from_seed(0),
     )
     normalisers = dict.fromkeys(labels, 2.0)
     engine.step(x, lambda out: per_sample_loss(spec, out, labels, masks, normalisers))
@@ -166,7 +167,7 @@ def conv_update(spec: FederationSpec, mode: str, freeze_encoder_stem: bool = Fal
         max_grad_norm=C,
         expected_batch_size=1.0,
         mode=mode,
-        noise_seed=0,
+        noise=GaussianNoise.predictable_from_seed(0),
     )
     normalisers = {"digit": 2.0, "odd": 1.5}
     engine.step(x, lambda out: per_sample_loss(spec, out, labels, masks, normalisers))
@@ -250,7 +251,7 @@ def test_conv_bias_is_clipped_with_the_weight() -> None:
             max_grad_norm=C,
             expected_batch_size=1.0,
             mode=mode,
-            noise_seed=0,
+            noise=GaussianNoise.predictable_from_seed(0),
         )
         engine.step(x, lambda out: (out[:, 0] - 1.0) ** 2)
         engine.close()
