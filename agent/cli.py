@@ -266,7 +266,7 @@ def _status_document(config: AgentConfig) -> dict[str, Any]:
     from agent.enrollment import NotEnrolled, coordinator_url, load_enrollment
     from agent.ledger import MODEL_METRICS_MEMO, Ledger, RoundStatus
     from privacy.dp.accountant import epsilon_for
-    from privacy.dp.noise import sampler_slack
+    from privacy.dp.noise import NoiseDraws, sampler_slack
 
     document: dict[str, Any] = {"config": str(config.source), "state_dir": str(config.state_dir)}
     try:
@@ -290,11 +290,11 @@ def _status_document(config: AgentConfig) -> dict[str, Any]:
     last_round: dict[str, Any] | None = None
     history: list[tuple[float, float, int]] = []
     model_metrics: dict[str, Any] | None = None
-    noise_pairs = 0
+    draws = NoiseDraws()
     if config.ledger_file.exists():
         with Ledger.open(config.ledger_file) as ledger:
             model_metrics = ledger.remembered(MODEL_METRICS_MEMO)
-            noise_pairs = ledger.noise_pairs()
+            draws = ledger.noise_draws()
             summary = ledger.summary()
             rounds = {status.value: n for status, n in summary.rounds.items()}
             history = ledger.history()
@@ -309,6 +309,7 @@ def _status_document(config: AgentConfig) -> dict[str, Any]:
                     "updated_at": last.updated_at.isoformat(),
                 }
     spent = epsilon_for(history, privacy.delta, privacy.accountant)
+    slack = sampler_slack(draws)
     document["rounds"] = {
         **rounds,
         "joined": sum(n for status, n in rounds.items() if status != RoundStatus.DECLINED.value),
@@ -323,8 +324,9 @@ def _status_document(config: AgentConfig) -> dict[str, Any]:
         "epsilon_left": max(0.0, privacy.epsilon - spent),
         "trainings": len(history),
         # What the noise sampler adds to (ε, δ) (privacy/dp/noise.py), reserved in the budget.
-        "sampler_slack_epsilon": sampler_slack(noise_pairs, privacy.epsilon).epsilon,
-        "noise_pairs": noise_pairs,
+        "sampler_slack_epsilon": slack.epsilon,
+        "sampler_slack_delta": slack.delta(0.0),
+        "noise_pairs": draws.pairs,
     }
     # Local only: the federated and the personalised model on the local validation split,
     # measured at the start of each round trained (never sent as such); the latest first.
@@ -421,8 +423,8 @@ def _print_status(document: dict[str, Any]) -> None:
     )
     table.add_row(
         "noise sampler's slack",
-        f"ε + {budget['sampler_slack_epsilon']:.2g} over {budget['noise_pairs']:,} noise pairs "
-        "(reserved in the budget)",
+        f"ε + {budget['sampler_slack_epsilon']:.2g}, δ + {budget['sampler_slack_delta']:.2g} "
+        f"over {budget['noise_pairs']:,} noise pairs (reserved in the budget)",
     )
     models = (document.get("models") or {}).get("latest")
     if models:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import math
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping
@@ -35,6 +36,7 @@ from typing import Any, Final
 
 from agent.errors import AgentError
 from agent.identity import KEY_FILE_MODE
+from privacy.dp.noise import NoiseDraws
 
 #: Memo (`Ledger.remember`) of the latest round's metrics of the federated and the
 #: personalised model on the local validation split (local only: `fmtl agent status`).
@@ -443,8 +445,16 @@ class Ledger:
 
     def noise_pairs(self) -> int:
         """Noise pairs drawn by every recorded training run (the sampler's slack)."""
-        (total,) = self._db.execute("SELECT COALESCE(SUM(noise_pairs), 0) FROM spends").fetchone()
-        return int(total)
+        return self.noise_draws().pairs
+
+    def noise_draws(self) -> NoiseDraws:
+        """What every recorded training run drew from the noise sampler: pairs, steps and
+        the smallest noise multiplier (`privacy.dp.noise.sampler_slack`'s input)."""
+        pairs, steps, sigma = self._db.execute(
+            "SELECT COALESCE(SUM(noise_pairs), 0), COALESCE(SUM(steps), 0), "
+            "MIN(noise_multiplier) FROM spends WHERE noise_pairs > 0"
+        ).fetchone()
+        return NoiseDraws(int(pairs), int(steps), math.inf if sigma is None else float(sigma))
 
     def spends(self, federation: str | None = None, number: int | None = None) -> list[Spend]:
         where: list[str] = []

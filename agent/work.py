@@ -207,15 +207,12 @@ class AgentWork:
             left,
             accountant.kind,
             accountant.history,
-            sampler_pairs=self.ledger.noise_pairs() + left * self._round_pairs(),
+            drawn=self.ledger.noise_draws(),
+            pairs_per_step=self.trainer.noise_pairs(1),
         )
         if not accountant.history:
             self.ledger.remember(_SIGMA_MEMO, {"basis": basis, "sigma": sigma})
         return sigma
-
-    def _round_pairs(self, steps: int | None = None) -> int:
-        """Noise pairs one round of `steps` steps (default: the planned steps) draws."""
-        return self.trainer.noise_pairs(self.trainer.steps_per_round if steps is None else steps)
 
     # -- LocalWork --------------------------------------------------------------------------
 
@@ -249,7 +246,8 @@ class AgentWork:
                 plan.noise_multiplier,
                 plan.sample_rate,
                 plan.steps,
-                sampler_pairs=self.ledger.noise_pairs() + self._round_pairs(plan.steps),
+                drawn=self.ledger.noise_draws(),
+                pairs_per_step=self.trainer.noise_pairs(1),
             )
         except BudgetExceeded as exc:
             self.ledger.decline(
@@ -325,7 +323,8 @@ class AgentWork:
                 plan.noise_multiplier,
                 plan.sample_rate,
                 plan.steps,
-                sampler_pairs=self.ledger.noise_pairs() + self._round_pairs(plan.steps),
+                drawn=self.ledger.noise_draws(),
+                pairs_per_step=self.trainer.noise_pairs(1),
             )
         except BudgetExceeded as exc:  # the daemon records the round as dropped
             raise CannotContinue(f"budget: {exc}") from None

@@ -4,10 +4,11 @@ An agent calls `noise_for_budget` to choose sigma so that its budget is spent ev
 the rounds it plans to join, `check_round` before it trains (raising `BudgetExceeded`
 before a single step could overspend), and `Accountant.record` after the round.
 
-Both reserve the noise sampler's slack (`privacy.dp.noise.sampler_slack`) when told how
-many noise pairs the history and the plan draw: ε is computed at the δ left after the
-sampler's share and the sampler's ε is added, so the institution's (ε, δ) holds for the
-implementation, not only for ideal Gaussians.
+Both reserve the noise sampler's slack (`privacy.dp.noise.sampler_slack`) when told what
+the history draws (`NoiseDraws`: pairs, steps, smallest σ) and, for a plan, how many
+pairs a step draws: ε is computed at the δ the sampler leaves and the sampler's ε is
+added, so the institution's (ε, δ) holds for the implementation, not only for ideal
+Gaussians.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from privacy.dp.accountant import (
     epsilon_for,
 )
 from privacy.dp.errors import BudgetExceeded, InvalidBudget
-from privacy.dp.noise import sampler_slack
+from privacy.dp.noise import NoiseDraws, sampler_slack
 
 #: Largest noise multiplier `noise_for_budget` considers; beyond it training learns nothing.
 MAX_NOISE_MULTIPLIER: Final = 1e4
@@ -53,19 +54,22 @@ class RoundPlan:
         return HistoryEntry(self.noise_multiplier, self.sample_rate, self.steps)
 
 
-def reserved_for_sampler(epsilon: float, delta: float, pairs: int) -> tuple[float, float]:
-    """(ε, δ) left for the accountant once `pairs` noise pairs' slack is reserved from a
-    budget (ε, δ); `BudgetExceeded` when the slack alone would take all of δ."""
-    slack = sampler_slack(pairs, epsilon)
-    delta_left = (delta - slack.delta_add) / slack.delta_factor
+def reserved_for_sampler(
+    delta: float, draws: NoiseDraws, budget_epsilon: float = math.inf
+) -> tuple[float, float]:
+    """(the sampler's ε, the ideal δ left) for `draws` under a budget's δ;
+    `BudgetExceeded` when the sampler's slack alone would take all of δ."""
+    slack = sampler_slack(draws)
+    delta_left = slack.ideal_delta(delta)
     if not delta_left > 0.0:
         raise BudgetExceeded(
-            f"{pairs} noise pairs would take all of delta {delta:g}",
+            f"{draws.pairs} noise pairs over {draws.steps} steps at noise multipliers down "
+            f"to {draws.min_noise_multiplier:g} would take all of delta {delta:g}",
             spent=0.0,
             projected=math.inf,
-            budget=epsilon,
+            budget=budget_epsilon,
         )
-    return epsilon - slack.epsilon, delta_left
+    return slack.epsilon, delta_left
 
 
 def check_epsilon_budget(epsilon: float, setting: str = "epsilon") -> float:
@@ -82,19 +86,20 @@ def noise_for_budget(
     rounds: int,
     accountant_kind: AccountantKind | str = AccountantKind.RDP,
     history: Iterable[HistoryEntry | tuple[float, float, int]] = (),
-    sampler_pairs: int = 0,
+    *,
+    drawn: NoiseDraws | None = None,
+    pairs_per_step: int = 0,
 ) -> float:
     """The smallest noise multiplier that keeps the total within `epsilon` after `rounds`
     more rounds of `steps_per_round` steps at `sample_rate`, on top of `history`.
 
-    `sampler_pairs`: the noise pairs of the history and all those rounds, whose sampler
-    slack is reserved first. Raises `InvalidBudget` for a budget of 0 (or less) and
-    `BudgetExceeded` when the history alone already spent it, or when no sigma up to
-    `MAX_NOISE_MULTIPLIER` fits.
+    With `drawn` (what the history drew) and `pairs_per_step`, the sampler's slack of the
+    history and of all those rounds is reserved. Raises `InvalidBudget` for a budget of 0
+    (or less) and `BudgetExceeded` when the history alone already spent it, or when no
+    sigma up to `MAX_NOISE_MULTIPLIER` fits.
     """
     check_epsilon_budget(epsilon)
     check_delta(delta)
-    epsilon, delta = reserved_for_sampler(epsilon, delta, sampler_pairs)
     if rounds < 1:
         raise InvalidBudget(f"rounds must be >= 1, got {rounds}")
     past = [check_entry(*entry) for entry in history]
@@ -108,15 +113,22 @@ def noise_for_budget(
             budget=epsilon,
         )
     total_steps = steps_per_round * rounds
+    history_draws = drawn if drawn is not None else NoiseDraws()
 
     def eps(sigma: float) -> float:
+        planned = NoiseDraws(pairs_per_step * total_steps, total_steps, sigma)
+        try:
+            sampler_eps, delta_left = reserved_for_sampler(delta, history_draws + planned)
+        except BudgetExceeded:
+            return math.inf
         with warnings.catch_warnings():
             # Probes far from the answer hit the largest or smallest RDP order; only the
             # answer matters.
             warnings.filterwarnings(
                 "ignore", message="Optimal order is the (largest|smallest) alpha"
             )
-            return epsilon_for([*past, (sigma, sample_rate, total_steps)], delta, accountant_kind)
+            history = [*past, (sigma, sample_rate, total_steps)]
+            return epsilon_for(history, delta_left, accountant_kind) + sampler_eps
 
     # Keep the sigma of the previous round when it still spreads the budget evenly: the
     # same noise every round (and no search).
@@ -156,19 +168,22 @@ def check_round(
     noise_multiplier: float,
     sample_rate: float,
     steps: int,
-    sampler_pairs: int = 0,
+    *,
+    drawn: NoiseDraws | None = None,
+    pairs_per_step: int = 0,
 ) -> float:
     """The projected epsilon of a planned round; `BudgetExceeded` if it passes the budget.
 
-    With `sampler_pairs` (the noise pairs of the history and the round) the projection is
-    the accountant's ε at the δ the sampler leaves, plus the sampler's ε."""
+    With `drawn` (what the history drew) and `pairs_per_step`, the projection is the
+    accountant's ε at the δ the sampler leaves, plus the sampler's ε."""
     check_epsilon_budget(budget_epsilon, "budget epsilon")
-    slack = sampler_slack(sampler_pairs, budget_epsilon)
-    _, delta_left = reserved_for_sampler(budget_epsilon, delta, sampler_pairs)
+    draws = (drawn if drawn is not None else NoiseDraws()) + NoiseDraws(
+        pairs_per_step * steps, steps, noise_multiplier if pairs_per_step else math.inf
+    )
+    sampler_eps, delta_left = reserved_for_sampler(delta, draws, budget_epsilon)
     spent = accountant.epsilon(delta)
     projected = (
-        accountant.projected_epsilon(noise_multiplier, sample_rate, steps, delta_left)
-        + slack.epsilon
+        accountant.projected_epsilon(noise_multiplier, sample_rate, steps, delta_left) + sampler_eps
     )
     if projected > budget_epsilon:
         raise BudgetExceeded(

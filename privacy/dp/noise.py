@@ -33,11 +33,22 @@ CUDA's double-precision library, and tested here on the CPU against mpmath):
    of the exact image of its uniforms, cells are at least s/32 wide, and the grid of the
    uniforms is 2^-115 fine in the radius (2^-44 relative or better for r ≤ r_T).
 
-By the usual hybrid argument, an algorithm that is (ε, δ)-DP with ideal Gaussians is,
-with this sampler after N pairs, (ε + N ln((1+η)/(1-η)), (1+η)^N δ + N τ (1 + (1+η)^N e^ε))
--DP: `sampler_slack` computes both terms and the agent reserves them in its budget. For
-the heart-disease demo (1,400 noised parameters, 120 steps) that is ε + 1.7e-6; for a
-1M-parameter model after 1,000 steps, ε + 0.01.
+From these: let B be the event that some pair's radius uniform falls in the tail (it
+depends on the uniforms alone, so it has the same probability p ≤ N τ under neighbouring
+datasets). Conditioned on not-B, the sampler is within (1 ± η)^N of the ideal noise
+truncated at r_T, cell by cell; the truncated ideal has the Gaussian's privacy loss
+wherever both neighbours' outputs can fall (its normaliser does not depend on the data),
+and a neighbour's output falls outside the other's truncation with probability at most
+δ_edge = Σ_steps e^(-(r_T - 1/σ)²/2) + N τ (one record shifts the noisy sum by at most
+C = s/σ). So an algorithm that is (ε, δ)-DP with ideal Gaussians is, after N noise pairs
+over T steps at noise multipliers ≥ σ,
+
+    (ε + N ln((1+η)/(1-η)),   (1+η)^N (δ/(1-p) + δ_edge) + p)-DP.
+
+`sampler_slack` computes both terms and the agent reserves them in its budget (it takes
+ε at the δ the sampler leaves, and adds the sampler's ε). For the heart-disease demo
+(1,400 noised parameters, 120 steps, σ ≥ 2.9) that is ε + 1.7e-6 and δ (1 + 8e-7) + 5e-16;
+for a 1M-parameter model after 1,000 steps at σ ≥ 0.8, ε + 0.01 and δ · 1.005 + 3e-12.
 
 Not claimed: that g itself is computed exactly (clipping and summing in float32 are
 treated as exact, as by every DP-SGD implementation); timing (the noise is drawn whether
@@ -65,7 +76,9 @@ from privacy.dp.keystream import KEY_BYTES, Keystream
 
 #: The lattice pitch is 2^-SNAP_BITS of the largest power of two not above s.
 SNAP_BITS: Final = 4
-#: Per pair: probability bound of the tail (radius > 9.75 s) the claim leaves out.
+#: Radius (in units of s) up to which the claim below holds, and the probability bound of
+#: the tail beyond it, per pair: exp(-9.75²/2) = 2.3e-21.
+SAMPLER_RADIUS: Final = 9.75
 SAMPLER_PAIR_TAIL: Final = 3e-21
 #: Per pair: relative error bound of every lattice cell's probability (module docstring).
 SAMPLER_PAIR_ETA: Final = 1e-11
@@ -85,28 +98,57 @@ def lattice(std: float) -> float:
 
 
 @dataclass(frozen=True)
+class NoiseDraws:
+    """What a history (or plan) drew from this sampler: noise pairs, steps, and the
+    smallest noise multiplier of those steps."""
+
+    pairs: int = 0
+    steps: int = 0
+    min_noise_multiplier: float = math.inf
+
+    def __add__(self, other: NoiseDraws) -> NoiseDraws:
+        return NoiseDraws(
+            self.pairs + other.pairs,
+            self.steps + other.steps,
+            min(self.min_noise_multiplier, other.min_noise_multiplier),
+        )
+
+
+@dataclass(frozen=True)
 class SamplerSlack:
-    """What `pairs` noise pairs add to an (ε, δ) guarantee (module docstring)."""
+    """What the sampler adds to an ideal (ε, δ) guarantee (module docstring)."""
 
     epsilon: float
-    #: δ' = delta_factor · δ + delta_add
-    delta_factor: float
-    delta_add: float
+    #: (1 + η)^N, the tail probability p and δ_edge.
+    growth: float
+    tail: float
+    edge: float
 
     def delta(self, delta: float) -> float:
-        return self.delta_factor * delta + self.delta_add
+        """δ of the implementation when the ideal mechanism has δ."""
+        return self.growth * (delta / (1.0 - self.tail) + self.edge) + self.tail
+
+    def ideal_delta(self, delta: float) -> float:
+        """The ideal δ that leaves the implementation at `delta` (≤ 0: none does)."""
+        return (1.0 - self.tail) * ((delta - self.tail) / self.growth - self.edge)
 
 
-def sampler_slack(pairs: int, epsilon: float) -> SamplerSlack:
-    """The slack of `pairs` pairs drawn by this sampler, for a guarantee of ε (≥ 0)."""
-    if pairs < 0:
-        raise InvalidPrivacyParameter(f"pairs must be >= 0, got {pairs}")
-    eta, tail = SAMPLER_PAIR_ETA, SAMPLER_PAIR_TAIL
-    growth = math.exp(pairs * math.log1p(eta))  # (1 + η)^N
+def sampler_slack(draws: NoiseDraws) -> SamplerSlack:
+    """The slack of the draws (module docstring); an empty history has none."""
+    if draws.pairs < 0 or draws.steps < 0:
+        raise InvalidPrivacyParameter("noise draws must be >= 0")
+    if draws.pairs == 0:
+        return SamplerSlack(0.0, 1.0, 0.0, 0.0)
+    eta = SAMPLER_PAIR_ETA
+    tail = draws.pairs * SAMPLER_PAIR_TAIL
+    sigma = draws.min_noise_multiplier
+    reach = SAMPLER_RADIUS - 1.0 / sigma if sigma > 0.0 else -math.inf
+    shifted = math.exp(-0.5 * reach * reach) if reach > 0 else math.inf
     return SamplerSlack(
-        epsilon=pairs * (math.log1p(eta) - math.log1p(-eta)),
-        delta_factor=growth,
-        delta_add=pairs * tail * (1.0 + growth * math.exp(min(epsilon, 700.0))),
+        epsilon=draws.pairs * (math.log1p(eta) - math.log1p(-eta)),
+        growth=math.exp(draws.pairs * math.log1p(eta)),
+        tail=tail,
+        edge=draws.steps * shifted + tail,
     )
 
 
@@ -203,8 +245,10 @@ class GaussianNoise:
 __all__ = [
     "SAMPLER_PAIR_ETA",
     "SAMPLER_PAIR_TAIL",
+    "SAMPLER_RADIUS",
     "SNAP_BITS",
     "GaussianNoise",
+    "NoiseDraws",
     "SamplerSlack",
     "deviates_from_words",
     "lattice",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +179,7 @@ def test_training_learns_and_leaves_heads_it_does_not_hold(
     assert first.labelled["disease"] == trainer.dataset.n_train
 
 
-def test_training_is_reproducible_with_a_seed(
+def test_training_is_reproducible_only_with_the_benchmark_seed(
     heart_disease_dir: Path, heart_spec: FederationSpec
 ) -> None:
     one, two = cleveland(heart_disease_dir, heart_spec), cleveland(heart_disease_dir, heart_spec)
@@ -187,6 +188,25 @@ def test_training_is_reproducible_with_a_seed(
         one.train(start(heart_spec), plan).local_vector,
         two.train(start(heart_spec), plan).local_vector,
     )
+    # Without it (production), two trainers on the same data and model never agree.
+    mapping = DataMapping.from_toml(heart_disease_dir / "mapping_cleveland.toml")
+    fresh = [LocalTrainer(heart_spec, load_dataset(mapping, heart_spec), device="cpu")] * 2
+    first, second = (t.train(start(heart_spec), plan).local_vector for t in fresh)
+    assert not np.array_equal(first, second)
+
+
+def test_the_sampling_rate_leaving_the_agent_is_on_the_published_grid(
+    heart_disease_dir: Path, heart_spec: FederationSpec
+) -> None:
+    """q = B/N would tell N; the plan's q (sampled, charged and reported) is B/N rounded
+    up to 4 significant binary digits, and the steps follow from it."""
+    trainer = cleveland(heart_disease_dir, heart_spec)
+    exact = heart_spec.training.batch_size / trainer.dataset.n_train
+    plan = trainer.plan(noise_multiplier=1.0)
+    assert exact <= plan.sample_rate <= 1.125 * exact
+    mantissa, _ = math.frexp(plan.sample_rate)
+    assert (mantissa * 16).is_integer()
+    assert plan.steps == math.ceil(heart_spec.training.local_epochs / plan.sample_rate)
 
 
 def test_fedprox_keeps_the_local_model_closer_to_the_global_one(

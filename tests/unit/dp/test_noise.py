@@ -17,6 +17,7 @@ from privacy.dp.keystream import chacha20_words
 from privacy.dp.noise import (
     SAMPLER_PAIR_ETA,
     GaussianNoise,
+    NoiseDraws,
     deviates_from_words,
     lattice,
     sampler_slack,
@@ -147,16 +148,21 @@ def test_float64_log_sqrt_sin_cos_are_within_two_ulp_here() -> None:
             assert abs(mpmath.mpf(value) - truth) <= 2 * math.ulp(float(truth))
 
 
-def test_sampler_slack_is_charged_per_pair() -> None:
-    assert sampler_slack(0, 5.0).epsilon == 0.0
-    assert sampler_slack(0, 5.0).delta(1e-5) == 1e-5
-    demo = sampler_slack(700 * 120, 5.0)  # 1,400 parameters, 120 steps
+def test_sampler_slack_is_charged_per_pair_and_does_not_grow_with_epsilon() -> None:
+    none = sampler_slack(NoiseDraws())
+    assert none.epsilon == 0.0
+    assert none.delta(1e-5) == 1e-5
+    demo = sampler_slack(NoiseDraws(700 * 120, 120, 2.9))  # 1,400 parameters, 120 steps
     assert demo.epsilon == pytest.approx(2 * SAMPLER_PAIR_ETA * 84_000, rel=1e-6)
     assert demo.epsilon < 2e-6
-    assert 1e-5 < demo.delta(1e-5) < 1.0001e-5
-    large = sampler_slack(500_000 * 1000, 8.0)  # 1M parameters, 1,000 steps
+    assert 1e-5 < demo.delta(1e-5) < 1e-5 * (1 + 1e-6)
+    assert demo.ideal_delta(demo.delta(1e-5)) == pytest.approx(1e-5, rel=1e-12)
+    large = sampler_slack(NoiseDraws(500_000 * 1000, 1000, 0.8))  # 1M parameters
     assert 0.009 < large.epsilon < 0.011
-    assert large.delta(1e-5) < 1.01e-5
+    assert large.delta(1e-5) < 1.006e-5
+    # A small noise multiplier lets one record's shift reach the truncation: charged.
+    assert sampler_slack(NoiseDraws(100, 1, 0.11)).delta(0.0) > 1e-3
+    assert sampler_slack(NoiseDraws(100, 1, 0.0)).delta(0.0) == math.inf
 
 
 def test_poisson_sampling_includes_each_sample_with_rate_q_at_most() -> None:
