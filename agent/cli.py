@@ -202,14 +202,20 @@ def propose_scales_command(config_file: ConfigOption = Path("agent.toml")) -> No
     with _readable_errors():
         from agent.data import propose_scales
         from agent.enrollment import load_enrollment
+        from agent.mapping import DataMapping
 
         configure(LogFormat.TEXT, level="WARNING")
         config = load_config(config_file)
+        if not isinstance(config.data, DataMapping):
+            raise ConfigError(
+                f"{config.source}: data: an image mapping declares its normalisation "
+                "(range, mean, std) itself; there are no feature scales to propose"
+            )
         spec = load_enrollment(config).profile.spec
         try:
             proposed = propose_scales(config.data, spec)
         except DataError as exc:
-            raise _data_error(config, exc) from None
+            raise DataError(f"{config.source}: data.{exc}") from None
         typer.echo(
             f"# PROPOSED from {proposed.rows} local rows of {config.data.path.name}: TO BE "
             "REVIEWED.\n# These values become PUBLIC once in a data mapping (every "

@@ -124,7 +124,9 @@ def local_only(
         if TASK not in mapping.labels:
             continue
         dataset = load_image_dataset(mapping, spec)
-        trainer = LocalTrainer(spec, dataset, device=device, seed=agent_seed(seed, index))
+        trainer = LocalTrainer(
+            spec, dataset, device=device, reproducible_dp_seed=agent_seed(seed, index)
+        )
         vector = start
         for _ in range(rounds):
             vector = trainer.train(vector, trainer.plan()).local_vector

@@ -111,7 +111,7 @@ def test_streamed_images_equal_the_in_memory_ones_and_train(tmp_path: Path) -> N
     assert isinstance(memory.train.features, torch.Tensor)
     idx = torch.tensor([0, 2, 3])
     assert torch.equal(stream.train.features[idx], memory.train.features[idx])
-    trainer = LocalTrainer(spec, stream, device="cpu", seed=0)
+    trainer = LocalTrainer(spec, stream, device="cpu", reproducible_dp_seed=0)
     vector = trainer.train(
         np.zeros(trainer.layout.length), trainer.plan(), progress=None
     ).local_vector

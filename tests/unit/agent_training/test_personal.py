@@ -21,7 +21,7 @@ from federation.spec import FederationSpec, PersonalisationMode, Personalisation
 
 def trainer(heart_disease_dir: Path, spec: FederationSpec, name: str = "va") -> LocalTrainer:
     mapping = DataMapping.from_toml(heart_disease_dir / f"mapping_{name}.toml")
-    return LocalTrainer(spec, load_dataset(mapping, spec), device="cpu", seed=5)
+    return LocalTrainer(spec, load_dataset(mapping, spec), device="cpu", reproducible_dp_seed=5)
 
 
 def fedper(spec: FederationSpec) -> FederationSpec:
