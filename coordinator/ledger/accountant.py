@@ -24,6 +24,11 @@ MISMATCH_RELATIVE_TOLERANCE: Final = 0.01
 MISMATCH_ABSOLUTE_TOLERANCE: Final = {Accountant.RDP: 1e-3, Accountant.PRV: 2e-2}
 #: PRV's own approximation error bound on ε.
 PRV_EPS_ERROR: Final = 0.01
+#: RDP orders of the replay: integers only, as the agents' ledger (privacy/dp/accountant.py,
+#: kept in step by a test, not imported): at integer orders the subsampled Gaussian's RDP is
+#: a finite sum (Mironov, Talwar & Zhang 2019, Sec. 3.3); fractional orders rest on a series
+#: whose stopping rule implementations disagree on (docs/multitask.md, "Accountant").
+RDP_ORDERS: Final[tuple[int, ...]] = (*range(2, 129), 160, 192, 256, 384, 512, 768, 1024)
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ def recompute_epsilon(kind: Accountant, history: Sequence[MechanismStep], delta:
     if kind is Accountant.RDP:
         rdp = RDPAccountant()
         rdp.history = _merge_repeated(entries)
-        return float(rdp.get_epsilon(delta=delta))
+        return float(rdp.get_epsilon(delta=delta, alphas=[float(a) for a in RDP_ORDERS]))
     prv = PRVAccountant()
     prv.history = entries
     return float(prv.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))

@@ -40,8 +40,9 @@ from federation.privacy_report import (
 )
 
 ACCOUNTANTS: Final = {
-    "rdp": "RDP (Opacus RDPAccountant: Mironov 2017; subsampled Gaussian, Mironov, Talwar & "
-    "Zhang 2019), replaying each institution's whole reported history",
+    "rdp": "RDP (Opacus RDPAccountant at integer orders 2 to 1024: Mironov 2017; subsampled "
+    "Gaussian, Mironov, Talwar & Zhang 2019), replaying each institution's whole reported "
+    "history",
     "prv": "PRV (Opacus PRVAccountant: Gopi, Lee & Wutschitz 2021, eps_error 0.01), replaying "
     "each institution's whole reported history",
 }

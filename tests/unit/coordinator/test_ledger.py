@@ -10,7 +10,7 @@ from coordinator.errors import InvalidInput, StateConflict
 from coordinator.federations.models import Federation
 from coordinator.federations.service import create_federation
 from coordinator.ledger import service
-from coordinator.ledger.accountant import MechanismStep, recompute_epsilon
+from coordinator.ledger.accountant import RDP_ORDERS, MechanismStep, recompute_epsilon
 from coordinator.ledger.export import COLUMNS, ledger_csv
 from coordinator.rounds.models import RoundStage
 from coordinator.rounds.service import enter_stage, open_round
@@ -23,7 +23,15 @@ from .conftest import TEST_ACTOR, EnrolledAgent, enroll_agent, heart_spec
 def _opacus_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
     accountant = RDPAccountant()
     accountant.history = list(history)
-    return float(accountant.get_epsilon(delta=delta))
+    return float(accountant.get_epsilon(delta=delta, alphas=[float(a) for a in RDP_ORDERS]))
+
+
+def test_the_replay_uses_the_agents_rdp_orders() -> None:
+    """Reported and recomputed ε agree only if both sides use the same orders; the
+    coordinator keeps its own copy (it never imports the agents' code)."""
+    from privacy.dp.accountant import RDP_ORDERS as AGENT_ORDERS
+
+    assert RDP_ORDERS == AGENT_ORDERS
 
 
 def _next_round(session: Session, federation: Federation):  # type: ignore[no-untyped-def]

@@ -183,3 +183,31 @@ def test_cli_refuses_an_unknown_hospital_to_drop_before_starting(tmp_path: Path)
         result.output
     )
     assert not (tmp_path / "r").exists()
+
+
+def test_the_seeded_demo_runner_allows_the_testing_switch_that_agent_run_refuses(
+    example_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fmtl demo --seed` replays DP noise, so its agents run under `fmtl.demo.agent`: the
+    same daemon, past the refusal (here it stops at the missing enrollment instead)."""
+    from fmtl.demo.agent import main as demo_agent
+
+    hospital = load_example(example_dir).hospitals[0]
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        agent_config(
+            hospital,
+            coordinator_url="http://127.0.0.1:9",
+            state_dir=tmp_path / "state",
+            epsilon=3.0,
+            delta=1e-5,
+            accountant="rdp",
+            seed=7,
+            split_seed=7,
+            poll_interval_s=0.5,
+        )
+    )
+    assert demo_agent(["--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert "refused" not in error
+    assert "fmtl agent enroll" in error
