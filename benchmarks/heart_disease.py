@@ -54,16 +54,19 @@ import numpy as np
 import torch
 from scipy import stats
 
+from agent.mapping import DataMapping
 from agent.personal import FineTune, PersonalSettings
 from benchmarks.heart_disease_runs import (
     HOSPITALS,
     HospitalMetrics,
+    datasets,
     load_example,
     restrict_tasks,
     run_federated,
     run_inprocess,
     run_local,
     run_pooled,
+    seeded,
 )
 from federation.spec import FederationSpec, TaskBalancing, TaskKind
 
@@ -239,16 +242,16 @@ def configured(
 
 def run_seed(
     spec: FederationSpec,
-    mappings: Mapping[str, object],
+    mappings: Mapping[str, DataMapping],
     rounds: int,
     epsilon: float,
     seed: int,
     personal: PersonalSettings,
     local_lr: float | None,
 ) -> tuple[dict[str, HospitalMetrics], dict[str, float]]:
-    from benchmarks.heart_disease_runs import datasets, seeded
-
-    data = datasets(seeded(spec, seed, dp=False), mappings, seed)  # type: ignore[arg-type]
+    """Every method's held-out metrics for one seed (all on the same splits), and the
+    epsilon each hospital spent in the DP federation."""
+    data = datasets(seeded(spec, seed, dp=False), mappings, seed)
     out: dict[str, HospitalMetrics] = {
         "local": run_local(spec, data, rounds, seed, learning_rate=local_lr),
         "local_dp": run_local(spec, data, rounds, seed, epsilon=epsilon, learning_rate=local_lr),
