@@ -8,6 +8,7 @@ Run from the repository root:
     python benchmarks/heart_disease.py --quick          # seeds 0-1, 15 rounds
     python benchmarks/heart_disease.py --tasks disease  # a single-task federation
     python benchmarks/heart_disease.py --select         # choose settings on validation data
+    python benchmarks/heart_disease.py --jobs 1         # one process (default: one per core)
 
 Data: examples/heart_disease (UCI Heart Disease, four institutions; see its README), the
 federation spec `federation.json` and one data mapping per hospital. Each hospital's rows
@@ -40,10 +41,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -77,6 +80,22 @@ DEFAULT_SEEDS = tuple(range(20))
 METHODS = ("local", "local_dp", "pooled", "pooled_dp", "fmtl", "fmtl_dp", "personal", "personal_dp")
 #: Classification metrics shown beside the AUC (name -> row label).
 EXTRA_METRICS = {"balanced_accuracy": "balanced acc", "accuracy": "accuracy", "ece": "ece"}
+#: What each figure's model guarantees (printed with the figures).
+GUARANTEES = {
+    "local": "the hospital's own model, no DP; it never leaves the hospital",
+    "local_dp": "the hospital's own model, DP-SGD at epsilon on its data (could be published)",
+    "pooled": "one model on all hospitals' data gathered in one place, no DP (not a federation)",
+    "pooled_dp": "the same with DP-SGD at epsilon per patient "
+    "(a central curator, not a federation)",
+    "fmtl": "the federation's global model, no DP: the masked updates that leave are not DP",
+    "fmtl_dp": "the federation's global model: everything that leaves a hospital (its masked "
+    "updates) is (epsilon, delta)-DP on its data, so is the global model",
+    "personal": "the personalised model of `fmtl`: its federated part is not DP, its private "
+    "part never leaves",
+    "personal_dp": "the personalised model of `fmtl_dp`: its federated part is the DP global "
+    "model; its private part trains on the hospital's data without DP and never leaves, so the "
+    "personalised model as a whole is not DP and is never published (nor are its figures)",
+}
 #: The differences to local-only the tables show.
 COMPARED = ("fmtl", "fmtl_dp", "personal", "personal_dp")
 #: Each hospital's personalisation in the benchmark, chosen with --select on validation:
@@ -269,6 +288,50 @@ def run_seed(
     return out, private.epsilon
 
 
+SeedRun = tuple[dict[str, HospitalMetrics], dict[str, float]]
+
+
+def _run_seed_in_worker(
+    spec: FederationSpec,
+    mappings: Mapping[str, DataMapping],
+    rounds: int,
+    epsilon: float,
+    seed: int,
+    personal: PersonalSettings,
+    local_lr: float | None,
+) -> SeedRun:
+    torch.set_num_threads(1)
+    quiet_accountant_warnings()
+    return run_seed(spec, mappings, rounds, epsilon, seed, personal, local_lr)
+
+
+def seed_runs(
+    spec: FederationSpec,
+    mappings: Mapping[str, DataMapping],
+    rounds: int,
+    epsilon: float,
+    seeds: Sequence[int],
+    personal: PersonalSettings,
+    jobs: int,
+) -> Iterator[tuple[int, SeedRun]]:
+    """`run_seed` for every seed, in seed order; with `jobs` > 1 in that many worker
+    processes. A seed's figures depend on the seed alone (its split, initial weights and
+    benchmark-only DP randomness), not on the process or the order it runs in."""
+    if jobs <= 1 or len(seeds) <= 1:
+        for seed in seeds:
+            yield seed, run_seed(spec, mappings, rounds, epsilon, seed, personal, LOCAL_LR)
+        return
+    with ProcessPoolExecutor(max_workers=min(jobs, len(seeds))) as pool:
+        futures = [
+            pool.submit(
+                _run_seed_in_worker, spec, mappings, rounds, epsilon, seed, personal, LOCAL_LR
+            )
+            for seed in seeds
+        ]
+        for seed, future in zip(seeds, futures, strict=True):
+            yield seed, future.result()
+
+
 def quiet_accountant_warnings() -> None:
     """Opacus' RDP analysis warns when the smallest order gives the bound (a small dataset
     with a high sampling rate): the bound is then loose, never too small. Hundreds of those
@@ -290,6 +353,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epsilon", type=float, default=5.0, help="DP budget per hospital")
     parser.add_argument("--quick", action="store_true", help="seeds 0 1, fewer rounds")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="seeds run in this many processes at once (default: one per core)",
+    )
+    parser.add_argument(
         "--tasks", nargs="+", default=None, help="federate these tasks only (e.g. disease)"
     )
     parser.add_argument("--balancing", choices=[b.value for b in TaskBalancing], default=None)
@@ -309,6 +378,8 @@ def main(argv: list[str] | None = None) -> None:
         "agent processes) and print both side by side (benchmarks/heart_disease_service.py)",
     )
     args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    print(" ".join(["command: python benchmarks/heart_disease.py", *given]).rstrip())
     if args.service:
         from benchmarks.heart_disease_service import main_service
 
@@ -340,8 +411,9 @@ def main(argv: list[str] | None = None) -> None:
     results: Results = {m: [] for m in METHODS}
     spent: list[float] = []
     started = time.perf_counter()
-    for seed in seeds:
-        runs, epsilon = run_seed(spec, mappings, rounds, args.epsilon, seed, personal, LOCAL_LR)
+    for seed, (runs, epsilon) in seed_runs(
+        spec, mappings, rounds, args.epsilon, seeds, personal, args.jobs
+    ):
         for method, metrics in runs.items():
             results[method].append(metrics)
         spent.extend(epsilon.values())
@@ -364,6 +436,9 @@ def main(argv: list[str] | None = None) -> None:
             f"severity auc of the personalised DP model, mean over the hospitals holding it: "
             f"{severity:.3f}"
         )
+    print("\nwhat each figure's model guarantees (epsilon per hospital, at delta):")
+    for method in METHODS:
+        print(f"  {method:<12} {GUARANTEES[method]}")
     if HEADLINE[0] in spec.task_names:
         print(headline(results))
 

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from agent.personal import PersonalSettings
-from benchmarks.heart_disease import Estimate, headline, paired
+from benchmarks.heart_disease import GUARANTEES, METHODS, Estimate, headline, paired
 from benchmarks.heart_disease_runs import (
     HOSPITALS,
     datasets,
@@ -88,3 +88,11 @@ def test_interval_is_the_t_interval_of_the_paired_differences() -> None:
     line = headline(results)
     assert line.startswith("heart_disease: fmtl_dp_auc=")
     assert "worst_gain=-0.010" in line
+
+
+def test_every_figure_says_what_its_model_guarantees() -> None:
+    assert set(GUARANTEES) == set(METHODS)
+    # The personalised DP figure is DP only in its federated part: said, not implied.
+    assert "not DP" in GUARANTEES["personal_dp"]
+    assert "never leaves" in GUARANTEES["personal_dp"]
+    assert "(epsilon, delta)-DP" in GUARANTEES["fmtl_dp"]
