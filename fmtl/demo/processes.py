@@ -167,7 +167,8 @@ def run_once(
             timeout=timeout_s,
             check=False,
         )
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
+        log.write_bytes(exc.stderr or b"")  # what it wrote before it was stopped
         raise ChildFailed(f"{name} did not finish in {timeout_s:.0f} s: read {log}") from None
     # stdout may hold a secret (a token): only stderr goes to the log.
     log.write_bytes(done.stderr)

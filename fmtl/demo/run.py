@@ -95,6 +95,9 @@ ROUND_STAGE_ORDER: Final = (
 #: at the start of a stage of a few seconds).
 POLL_S: Final = 0.1
 READY_TIMEOUT_S: Final = 120.0
+#: Reading a hospital's own figures at the end (`fmtl agent status --json`: a fresh Python
+#: process importing torch): on a loaded machine that took over 120 s.
+STATUS_TIMEOUT_S: Final = 300.0
 #: The longest a round may take: every stage at its deadline, plus aggregation.
 ROUND_DEADLINE_STAGES: Final = 8
 EMBEDDED_STACK: Final = "embedded (SQLite, in-process worker)"
@@ -730,7 +733,7 @@ class DemoRun:
                     fmtl_command("agent", "status", "--config", str(agent.config), "--json"),
                     self._agent_env(),
                     self.run_dir / "logs",
-                    timeout_s=READY_TIMEOUT_S,
+                    timeout_s=STATUS_TIMEOUT_S,
                 )
                 history = (json.loads(out).get("models") or {}).get("history", [])
                 self.record.local_models[name] = [
