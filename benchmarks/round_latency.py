@@ -22,6 +22,14 @@ Secure rounds go through all five protocol stages (advertise keys, share keys, m
 input, consistency check, unmasking); plain rounds only through masked input. Both modes
 run in the same process against the same coordinator, one after the other per n.
 
+With `--profile` the coordinator runs under `benchmarks.stack_profile` (every thread's
+stack sampled every 5 ms) and so do the agents' threads in this process; a table per n then
+shows, for each stage of the timed secure rounds, its wall time, how much of it the
+coordinator spent with no thread busy (waiting for agents), and the coordinator's and the
+agents' busy thread-seconds by kind of work (signature checks, database, blob I/O, secagg
+crypto, Celery hand-offs, request handling, aggregation). Sampling costs a little CPU:
+take the headline from a run without it.
+
 The last line is the headline, exactly: `round_latency: n=32 secure_vs_plain=<ratio>`.
 """
 
@@ -37,6 +45,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -57,6 +66,7 @@ from agent.http_signing import enrollment_proof
 from agent.local_work import Decision, LocalResult
 from agent.round_participant import RoundParticipant
 from agent.round_state import InMemoryRoundStateStore
+from benchmarks.stack_profile import StackSampler, Window, busy_by_window
 from federation.aggregation import local_contribution
 from federation.round_api import RoundAssignment
 from federation.spec import FederationSpec
@@ -169,6 +179,8 @@ class Timing:
     vector_length: int
     #: stage -> its duration in each timed round
     stages: dict[str, list[float]] = field(default_factory=dict)
+    #: (stage, opened, closed) of every timed round, wall-clock seconds since the epoch
+    windows: list[tuple[str, float, float]] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -177,9 +189,10 @@ class Timing:
 
 def run_rounds(
     base_url: str, admin: AdminClient, federation: str, rounds: int
-) -> tuple[list[float], int, dict[str, list[float]]]:
+) -> tuple[list[float], int, dict[str, list[float]], list[tuple[str, float, float]]]:
     seconds: list[float] = []
     stages: dict[str, list[float]] = {}
+    windows: list[tuple[str, float, float]] = []
     length = 0
     for _ in range(rounds):
         started = admin.start_next_round(federation)
@@ -203,8 +216,11 @@ def run_rounds(
             if stage.closed_at is not None and stage.stage != "scheduled":
                 duration = (stage.closed_at - stage.opened_at).total_seconds()
                 stages.setdefault(stage.stage, []).append(duration)
+                windows.append(
+                    (stage.stage, stage.opened_at.timestamp(), stage.closed_at.timestamp())
+                )
         length = current.vector_length or 0
-    return seconds, length, stages
+    return seconds, length, stages, windows
 
 
 def measure(
@@ -231,7 +247,7 @@ def measure(
     try:
         # One untimed round first: it creates model version 0 and warms every cache.
         run_rounds(base_url, admin, federation, 1)
-        seconds, length, stages = run_rounds(base_url, admin, federation, rounds)
+        seconds, length, stages, windows = run_rounds(base_url, admin, federation, rounds)
     finally:
         stop.set()
         for thread in threads:
@@ -243,7 +259,59 @@ def measure(
         console.print(
             f"[yellow]{len(errors)} agent request errors (retried), first: {errors[0]}[/yellow]"
         )
-    return Timing(n, mode, seconds, length, stages)
+    return Timing(n, mode, seconds, length, stages, windows)
+
+
+STAGE_ORDER = (
+    "advertise_keys",
+    "share_keys",
+    "masked_input",
+    "consistency_check",
+    "unmasking",
+    "aggregating",
+)
+
+
+def profile_table(timing: Timing, server: dict[str, Any], agents: StackSampler) -> Table:
+    """Per stage of the timed rounds (mean over them): wall time, the coordinator's time
+    with no thread busy, and busy thread-seconds by kind of work in the coordinator and in
+    the agents' threads."""
+    rounds = len(timing.seconds)
+    windows = [w for w in timing.windows if w[0] in STAGE_ORDER]
+    cuts = {
+        "coordinator": busy_by_window([tuple(x) for x in server["timeline"]], windows),
+        "agents": busy_by_window(agents.timeline, windows),
+    }
+
+    def mean(cut: list[Window], stage: str, value: Callable[[Window], float]) -> float:
+        return float(sum(value(w) for w in cut if stage in ("round", w.label))) / rounds
+
+    table = Table(
+        title=f"n={timing.n} secure: where a round's time goes, seconds (mean of {rounds} "
+        "round(s); busy = thread-seconds)"
+    )
+    columns = (*STAGE_ORDER, "round")
+    table.add_column("")
+    for stage in columns:
+        table.add_column(stage.replace("_", " "), justify="right")
+    server_cut = cuts["coordinator"]
+    table.add_row("wall", *(f"{mean(server_cut, s, lambda w: w.seconds):.3f}" for s in columns))
+    table.add_row(
+        "coordinator idle (agent wait)",
+        *(f"{mean(server_cut, s, lambda w: w.idle_s):.3f}" for s in columns),
+    )
+    for side, cut in cuts.items():
+        kinds = sorted(
+            {k for w in cut for k in w.busy_s},
+            key=lambda k: -sum(w.busy_s[k] for w in cut if k in w.busy_s),
+        )
+        for kind in kinds:
+
+            def busy(window: Window, kind: str = kind) -> float:
+                return window.busy_s.get(kind, 0.0)
+
+            table.add_row(f"{side}: {kind}", *(f"{mean(cut, s, busy):.3f}" for s in columns))
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
         "--ns", type=str, default=None, help="comma-separated n values (default 4,16,32)"
     )
     parser.add_argument("--hidden", type=str, default=None, help="encoder widths, e.g. 256,128")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the coordinator's and the agents' stacks; a breakdown per stage",
+    )
     parser.add_argument(
         "--poll",
         action="store_true",
@@ -294,7 +367,26 @@ def main(argv: list[str] | None = None) -> int:
             env,
             run_dir / "logs",
         ).strip()
-        children.start("coordinator", fmtl_command("coordinator", "serve"), env)
+        profile_out = run_dir / "coordinator-profile.json"
+        serve = (
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.stack_profile",
+                "--out",
+                str(profile_out),
+                "--",
+                "coordinator",
+                "serve",
+            ]
+            if args.profile
+            else fmtl_command("coordinator", "serve")
+        )
+        agent_sampler = StackSampler()
+        if args.profile:
+            agent_sampler.start()
+            env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+        children.start("coordinator", serve, env)
         base_url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 120
@@ -323,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
                         )
         finally:
             children.stop_all()
+            if args.profile:
+                agent_sampler.stop()
+        server_profile = json.loads(profile_out.read_text()) if args.profile else None
 
     table = Table(title="Round wall time on loopback (creation to model stored), seconds")
     for column in ("n", "vector length", "secure (median)", "plain (median)", "secure / plain"):
@@ -354,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
     console.print(breakdown)
+    if server_profile is not None:
+        for timing in timings:
+            if timing.mode == "secure":
+                Console(width=200).print(profile_table(timing, server_profile, agent_sampler))
     how = f"polling every {AGENT_POLL_S} s" if args.poll else f"long polls of {LONG_POLL_S:g} s"
     console.print(
         f"agents: threads driving RoundParticipant with a trivial LocalWork, {how}; "
