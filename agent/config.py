@@ -24,6 +24,11 @@
     accountant = "rdp"                  # or "prv"
     # share_own_metrics = false         # true: also send its own validation metrics in clear
 
+    [neighbour_graph]                   # the SecAgg+ graphs this agent accepts (docs/secagg.md)
+    # collusion_fraction = 0.3333       # institutions assumed to collude with the coordinator
+    # dropout_fraction = 0.1            # participants assumed to drop out of a round
+    # log2_target = -40                 # refuse a graph above 2^-40 (exposure or failure)
+
     [training]
     device = "auto"                     # auto | cpu | cuda
 
@@ -63,6 +68,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.errors import ConfigError, DataError
 from agent.sources import LocalDataMapping, read_mapping_file
+from privacy.secagg.graph_security import (
+    DEFAULT_COLLUSION_FRACTION,
+    DEFAULT_DROPOUT_FRACTION,
+    DEFAULT_LOG2_TARGET,
+    GraphPolicy,
+)
 
 #: The environment variable holding the identity key's passphrase (never in agent.toml).
 PASSPHRASE_ENV: Final = "FMTL_AGENT_KEY_PASSPHRASE"  # noqa: S105 - a variable name
@@ -138,6 +149,34 @@ class PrivacySection(_Section):
         if not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
+
+
+class NeighbourGraphSection(_Section):
+    """What a SecAgg+ neighbour graph must withstand before this agent joins a round with it
+    (privacy/secagg/graph_security.py; docs/secagg.md, "Neighbour graph")."""
+
+    collusion_fraction: float = Field(
+        default=DEFAULT_COLLUSION_FRACTION,
+        ge=0.0,
+        lt=0.5,
+        description="Fraction of the round's institutions assumed to collude with the coordinator.",
+    )
+    dropout_fraction: float = Field(
+        default=DEFAULT_DROPOUT_FRACTION,
+        ge=0.0,
+        lt=0.5,
+        description="Fraction of the participants assumed to drop out of a round.",
+    )
+    log2_target: float = Field(
+        default=DEFAULT_LOG2_TARGET,
+        ge=-1000.0,
+        le=-1.0,
+        description="Refuse a graph whose bound on the probability that the colluders learn "
+        "an honest update, or that dropouts fail the round, exceeds 2^log2_target.",
+    )
+
+    def policy(self) -> GraphPolicy:
+        return GraphPolicy(self.collusion_fraction, self.dropout_fraction, self.log2_target)
 
 
 class TrainingSection(_Section):
@@ -233,6 +272,7 @@ class AgentConfig(_Section):
     state: StateSection = StateSection()
     data: LocalDataMapping
     privacy: PrivacySection
+    neighbour_graph: NeighbourGraphSection = NeighbourGraphSection()
     training: TrainingSection = TrainingSection()
     personalisation: PersonalisationSection = PersonalisationSection()
     daemon: DaemonSection = DaemonSection()

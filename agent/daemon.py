@@ -463,7 +463,12 @@ def run_daemon(
             )
             with _client(config, enrollment, identity) as client:
                 participant = RoundParticipant(
-                    client, identity, store, work, long_poll_s=config.daemon.long_poll_s
+                    client,
+                    identity,
+                    store,
+                    work,
+                    long_poll_s=config.daemon.long_poll_s,
+                    graph_policy=config.neighbour_graph.policy(),
                 )
                 event(
                     _log,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.coordinator_client import ClientError, CoordinatorClient, Rejected
-from agent.local_work import CannotContinue, LocalWork
+from agent.local_work import CannotContinue, Decision, LocalWork
 from agent.round_state import DamagedState, ParticipantState, RoundStateStore
 from federation.layout import ParameterLayout
 from federation.round_api import (
@@ -57,6 +58,7 @@ from privacy.secagg import (
     ShareBundle,
     SurvivorSet,
 )
+from privacy.secagg.graph_security import GraphPolicy, check_round_graph
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,11 @@ class StepResult:
     my_status: MyStatus | None = None
 
 
+def _wire_reason(text: str) -> str:
+    """`text` in the character set and length a Decline reason allows."""
+    return re.sub(r"[^A-Za-z0-9 _.,:;()/-]+", " ", text)[:200].strip() or "refused"
+
+
 class RoundParticipant:
     """Drives this agent through the coordinator's rounds, one `step()` at a time."""
 
@@ -98,6 +105,7 @@ class RoundParticipant:
         *,
         on_stage: Callable[[StepResult], None] | None = None,
         long_poll_s: float = 0.0,
+        graph_policy: GraphPolicy | None = None,
     ) -> None:
         self.client = client
         self.identity = IdentityKey(identity)
@@ -107,6 +115,8 @@ class RoundParticipant:
         #: With > 0, each step after a successful one waits (in the coordinator, up to this
         #: long) until the work differs from what that step saw: the next stage is pushed.
         self.long_poll_s = long_poll_s
+        #: What a SecAgg+ neighbour graph must withstand (agent.toml [neighbour_graph]).
+        self.graph_policy = graph_policy or GraphPolicy()
         self._seen: str | None = None
         self._spec: FederationSpec | None = None
         self._spec_fingerprint: str | None = None
@@ -161,7 +171,8 @@ class RoundParticipant:
         if state.abandoned:
             return StepResult(Outcome.DROPPED, detail=state.abandoned)
         if state.decision is None:
-            decision = self.work.decide(a)
+            refusal = self._graph_refusal(a)
+            decision = Decision.decline(refusal) if refusal else self.work.decide(a)
             state = state.with_(
                 decision="join" if decision.join else "decline",
                 decline_reason=decision.reason,
@@ -184,6 +195,18 @@ class RoundParticipant:
             self._save(key, state.with_(abandoned=reason))
             logger.warning("leaving round %s: %s", a.round, reason)
             return StepResult(Outcome.DROPPED, detail=reason)
+
+    def _graph_refusal(self, a: RoundAssignment) -> str | None:
+        """Why this agent refuses the round's neighbour graph (before it sends anything), as a
+        decline reason; None when the graph meets agent.toml's [neighbour_graph] policy."""
+        try:
+            problem = check_round_graph(RoundConfig.from_bytes(a.config), self.graph_policy)
+        except SecAggError as exc:  # e.g. a graph seed chosen by the coordinator
+            problem = f"the round config is refused: {exc}"
+        if problem is None:
+            return None
+        logger.warning("refusing round %s: %s", a.round, problem)
+        return _wire_reason(f"refused (graph): {problem}")
 
     # -- stages --------------------------------------------------------------------------------
 

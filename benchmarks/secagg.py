@@ -22,6 +22,15 @@ sizes. A ratio is the median over pairs: the first 15 participants' masking, thr
 server repetitions. Summing the uploads (reading n vectors) is reported apart: it is the
 same with or without masks.
 The last line is the headline: n=50, d=10^6, 10% dropout, neighbour graph.
+
+    python benchmarks/secagg.py --graph-table
+
+prints instead, for n in {32, 100, 1000, 10000}, the degree k and neighbourhood threshold ℓ
+the default policy gives (privacy/secagg/graph_security.py: 1/3 colluding, 10% dropouts,
+2^-40), the computed bounds on the probability that the colluders learn an honest update
+and that dropouts fail the round, the largest coalition the graph tolerates at 2^-40, and
+what the old rule (k ≈ 3·log2 n) gave. Its last line is
+`secagg_graph: n=1000 gamma=0.33 log2_fail=<x>`.
 """
 
 from __future__ import annotations
@@ -30,7 +39,6 @@ import argparse
 import math
 import os
 import platform
-import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -47,6 +55,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from privacy.secagg import (
     ClientRound,
+    GraphPolicy,
     IdentityKey,
     NeighbourGraph,
     RoundConfig,
@@ -56,11 +65,13 @@ from privacy.secagg import (
     close_advertise,
     close_consistency,
     close_masked_input,
+    graph_risk,
     plan_unmask,
-    recommended_degree,
+    recommended_graph,
     route_shares,
     unmask_slice,
 )
+from privacy.secagg.graph_security import max_colluders
 
 REPEATS = 3  # server repetitions
 CLIENTS_TIMED = 15  # participants whose masking is paired with a floor measurement
@@ -133,9 +144,14 @@ def median(values: list[float]) -> float:
 
 
 def graph_for(n: int, threshold_fraction: float) -> NeighbourGraph:
-    degree = recommended_degree(n) or (n - 2) // 2 * 2
+    """The graph the coordinator uses for n (`recommended_graph`); where that is the complete
+    graph (small n), the largest proper graph, so that small rows still time a graph."""
+    chosen = recommended_graph(n)
+    if chosen is not None:
+        return NeighbourGraph(*chosen)
+    degree = (n - 2) // 2 * 2
     local = max(math.ceil(threshold_fraction * (degree + 1)), (degree + 1) // 2 + 1)
-    return NeighbourGraph(secrets.token_bytes(32), degree, local)
+    return NeighbourGraph(degree, local)
 
 
 def measure(n: int, d: int, dropout: float, graph: bool, bits: int = 32) -> Row:
@@ -151,6 +167,7 @@ def measure(n: int, d: int, dropout: float, graph: bool, bits: int = 32) -> Row:
     )
     clients = {pid: ClientRound.start(config, pid, identities[pid]) for pid in config.ids}
     broadcast = close_advertise(config, [c.advert() for c in clients.values()])
+    config = config.bind_graph(broadcast)  # the graph seed is the hash of the adverts
     share_messages = [c.share_keys(broadcast) for c in clients.values()]
     bundles = route_shares(config, broadcast, share_messages)
     dropped = set(range(n - round(dropout * n) + 1, n + 1))
@@ -215,10 +232,72 @@ def measure(n: int, d: int, dropout: float, graph: bool, bits: int = 32) -> Row:
     )
 
 
+GRAPH_TABLE_NS = (32, 100, 1000, 10000)
+GRAPH_TABLE_HEADLINE = 1000
+
+
+def _log2_text(value: float) -> str:
+    return "0" if value == -math.inf else f"2^{value:.1f}"
+
+
+def old_rule(n: int) -> tuple[int, int] | None:
+    """What the coordinator used before: k = 2·⌈1.5·log2 n⌉, ℓ = ⌈2(k+1)/3⌉."""
+    degree = 2 * math.ceil(3.0 * math.log2(n) / 2)
+    if degree >= n - 1:
+        return None
+    return degree, max(math.ceil(2 * (degree + 1) / 3), (degree + 1) // 2 + 1)
+
+
+def graph_table() -> None:
+    policy = GraphPolicy()
+    gamma = policy.collusion_fraction
+    print("# python benchmarks/secagg.py --graph-table")
+    print(
+        f"# policy: gamma={gamma:.3f} colluding, delta={policy.dropout_fraction:.2f} dropping "
+        f"after round 0, target 2^{policy.log2_target:g}; bounds: union over participants of "
+        "exact hypergeometric tails (privacy/secagg/graph_security.py)"
+    )
+    header = (
+        f"{'n':>6} {'k':>4} {'l':>4} {'c':>5} | {'P(exposure)':>12} {'P(fail)':>10} | "
+        f"{'tolerates':>14} | {'old k, l':>8} {'old P(exposure)':>15}"
+    )
+    print(header)
+    print("-" * len(header))
+    headline = None
+    for n in GRAPH_TABLE_NS:
+        chosen = recommended_graph(n, policy)
+        degree, threshold = chosen if chosen is not None else (n - 1, math.ceil(2 * n / 3))
+        risk = graph_risk(n, degree, threshold, policy)
+        tolerated = max_colluders(n, degree, threshold, policy)
+        old = old_rule(n)
+        old_text, old_risk = "all", "-"
+        if old is not None:
+            old_text = f"{old[0]}, {old[1]}"
+            old_risk = _log2_text(graph_risk(n, *old, policy).log2_exposure)
+        print(
+            f"{n:>6} {degree:>4} {threshold:>4} {risk.colluders:>5} | "
+            f"{_log2_text(risk.log2_exposure):>12} {_log2_text(risk.log2_dropout_failure):>10} | "
+            f"{f'{tolerated} ({tolerated / n:.1%})':>14} | {old_text:>8} {old_risk:>15}",
+            flush=True,
+        )
+        if n == GRAPH_TABLE_HEADLINE:
+            headline = risk.log2_exposure
+    assert headline is not None
+    print(f"secagg_graph: n={GRAPH_TABLE_HEADLINE} gamma={gamma:.2f} log2_fail={headline:.1f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced grid, under a minute")
+    parser.add_argument(
+        "--graph-table",
+        action="store_true",
+        help="the neighbour graph's degree, threshold and security over n (no timing)",
+    )
     args = parser.parse_args(argv)
+    if args.graph_table:
+        graph_table()
+        return
     grid = QUICK_GRID if args.quick else FULL_GRID
     command = "python -m benchmarks.secagg" + (" --quick" if args.quick else "")
     print(f"# {command}")

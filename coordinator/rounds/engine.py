@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -83,7 +82,7 @@ from privacy.secagg import (
     close_consistency,
     close_masked_input,
     plan_unmask,
-    recommended_degree,
+    recommended_graph,
     route_shares,
 )
 
@@ -206,12 +205,13 @@ def _graph(spec: FederationSpec, n: int) -> NeighbourGraph | None:
     choice = spec.secagg.neighbour_graph
     if choice == "never" or (choice == "auto" and n < AUTO_GRAPH_FROM):
         return None
-    degree = recommended_degree(n)
-    if degree == 0:
+    # Degree and neighbourhood threshold for 1/3 colluding, 10% dropouts, 2^-40 (the agents'
+    # default policy, privacy/secagg/graph_security.py); the seed is derived from the adverts.
+    chosen = recommended_graph(n)
+    if chosen is None:
         return None
-    holders = degree + 1
-    threshold = max(math.ceil(spec.secagg.threshold_fraction * holders), holders // 2 + 1)
-    return NeighbourGraph(secrets.token_bytes(32), degree, min(threshold, holders))
+    degree, threshold = chosen
+    return NeighbourGraph(degree, threshold)
 
 
 def select(

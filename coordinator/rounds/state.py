@@ -86,10 +86,17 @@ def round_record(session: Session, round_: Round, kind: RoundRecordKind) -> byte
 
 
 def round_config(session: Session, round_: Round) -> RoundConfig:
+    """The round's config; with a neighbour graph, bound to the seed of the key broadcast
+    once there is one (the graph is a hash of the adverts, privacy/secagg/graph.py)."""
     body = round_record(session, round_, RoundRecordKind.CONFIG)
     if body is None:
         raise StateConflict(f"round {round_.number} has no participants yet")
-    return RoundConfig.from_bytes(body)
+    config = RoundConfig.from_bytes(body)
+    if config.graph is not None:
+        broadcast = round_record(session, round_, RoundRecordKind.KEY_BROADCAST)
+        if broadcast is not None:
+            config = config.bind_graph(KeyBroadcast.from_bytes(broadcast))
+    return config
 
 
 def key_broadcast(session: Session, round_: Round) -> KeyBroadcast:

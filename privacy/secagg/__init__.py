@@ -40,6 +40,13 @@ from privacy.secagg.errors import (
     ThresholdNotMet,
 )
 from privacy.secagg.graph import recommended_degree
+from privacy.secagg.graph_security import (
+    GraphPolicy,
+    GraphRisk,
+    check_graph,
+    graph_risk,
+    recommended_graph,
+)
 from privacy.secagg.keys import IdentityKey, IdentityPublicKey
 from privacy.secagg.messages import (
     EncryptedShare,
@@ -80,6 +87,8 @@ __all__ = [
     "EncryptedShare",
     "FixedPointCodec",
     "FloatSegment",
+    "GraphPolicy",
+    "GraphRisk",
     "IdentityKey",
     "IdentityPublicKey",
     "IntSegment",
@@ -108,14 +117,17 @@ __all__ = [
     "add_masked",
     "check_advert",
     "check_consistency_signature",
+    "check_graph",
     "check_masked_input",
     "check_share_keys",
     "check_unmask_response",
     "close_advertise",
     "close_consistency",
     "close_masked_input",
+    "graph_risk",
     "plan_unmask",
     "recommended_degree",
+    "recommended_graph",
     "ring_dtype",
     "route_shares",
     "unmask_slice",

@@ -80,6 +80,10 @@ class ClientRound:
             )
         self._state = state
         self._identity = identity
+        # The neighbour graph is known once the key broadcast is (its seed hashes the adverts).
+        self._config = (
+            state.config if state.broadcast is None else state.config.bind_graph(state.broadcast)
+        )
         self._c_key = AgreementKey.from_private_bytes(state.c_private)
         self._s_key = AgreementKey.from_private_bytes(state.s_private)
 
@@ -117,7 +121,8 @@ class ClientRound:
 
     @property
     def config(self) -> RoundConfig:
-        return self._state.config
+        """The round's config; after `share_keys`, bound to the graph seed of the adverts."""
+        return self._config
 
     def __repr__(self) -> str:
         return f"ClientRound(participant={self._state.me}, stage={self._state.stage.name})"
@@ -140,7 +145,9 @@ class ClientRound:
 
         Raises BadSignature for a forged advert, ProtocolViolation for a foreign or
         duplicated key, ThresholdNotMet when fewer than t advertised or fewer than the share
-        threshold of this client's holders did.
+        threshold of this client's holders did. With a neighbour graph, the graph seed is
+        the hash of every participant's advert (`RoundConfig.bind_graph`): a broadcast that
+        lacks one is ThresholdNotMet, a config that came with another seed ProtocolViolation.
         """
         expect(broadcast, KeyBroadcast, "the key broadcast")
         state, config, me = self._state, self.config, self._state.me
@@ -151,6 +158,7 @@ class ClientRound:
             return state.share_keys
         self._check_round(broadcast.round_id, "key broadcast")
         self._check_broadcast(broadcast)
+        config = config.bind_graph(broadcast)
         holders = sorted(config.holders(me) & set(broadcast.senders))
         if len(holders) < config.share_threshold:
             raise ThresholdNotMet(
@@ -184,6 +192,7 @@ class ClientRound:
             share_keys=message,
             held=(own,),
         )
+        self._config = config
         return message
 
     def _check_broadcast(self, broadcast: KeyBroadcast) -> None:

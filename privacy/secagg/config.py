@@ -10,15 +10,23 @@ configured differently) is accepted in another.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from privacy.secagg import domains, graph
-from privacy.secagg.errors import InvalidArgument, MalformedMessage, ProtocolViolation
+from privacy.secagg.errors import (
+    InvalidArgument,
+    MalformedMessage,
+    ProtocolViolation,
+    ThresholdNotMet,
+)
 from privacy.secagg.keys import PUBLIC_KEY_SIZE, IdentityPublicKey
 from privacy.secagg.ring import SUPPORTED_BITS
 from privacy.secagg.wire import Reader, Writer
+
+if TYPE_CHECKING:
+    from privacy.secagg.messages import KeyBroadcast
 
 MAX_PARTICIPANTS: Final = 100_000
 MAX_PARTICIPANT_ID: Final = 2**32 - 1  # ids travel as u32; they are Shamir x-coordinates
@@ -27,6 +35,11 @@ MAX_VECTOR_LENGTH: Final = 2**31 - 1
 MAX_ROUND: Final = 2**63 - 1
 
 _TAG: Final = b"SACF"
+# Graph flag in the config bytes: 0 none, 2 a graph whose seed is derived from the key adverts.
+# 1 was a graph with a seed chosen by the coordinator, which is refused now (docs/secagg.md).
+_NO_GRAPH: Final = 0
+_LEGACY_CHOSEN_SEED: Final = 1
+_DERIVED_SEED: Final = 2
 
 
 def _is_int(value: object) -> bool:
@@ -73,17 +86,24 @@ class RoundMember:
 class NeighbourGraph:
     """SecAgg+ option (Bell et al. 2020): pair with `degree` neighbours, not everyone.
 
-    `seed` is public and random (drawn by the coordinator per round). Each participant's
-    secrets are shared among itself and its neighbours (degree + 1 holders), any
-    `threshold` of which reconstruct them; threshold > (degree + 1) / 2.
+    Each participant's secrets are shared among itself and its neighbours (degree + 1
+    holders), any `threshold` of which reconstruct them; threshold > (degree + 1) / 2.
+
+    The graph's `seed` is not the coordinator's to choose: it is a hash over every
+    participant's signed key advert of the round (`graph.derive_seed`), so it is known only
+    after round 0 and every party computes it itself. A config carries degree and threshold
+    (that is what its bytes and digest cover); `RoundConfig.bind_graph(broadcast)` fills in the
+    seed, and only a bound config knows who neighbours whom.
     """
 
-    seed: bytes = field(repr=False)
     degree: int
     threshold: int
+    seed: bytes | None = field(default=None, repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.seed, bytes) or len(self.seed) != graph.GRAPH_SEED_SIZE:
+        if self.seed is not None and (
+            not isinstance(self.seed, bytes) or len(self.seed) != graph.GRAPH_SEED_SIZE
+        ):
             raise InvalidArgument(f"the graph seed must be {graph.GRAPH_SEED_SIZE} bytes")
         if not _is_int(self.degree) or not _is_int(self.threshold):
             raise InvalidArgument("the graph degree and threshold must be ints")
@@ -160,17 +180,51 @@ class RoundConfig:
     def everyone(self) -> frozenset[int]:
         return frozenset(self.ids)
 
+    def bind_graph(self, broadcast: KeyBroadcast) -> RoundConfig:
+        """This config with its graph seed derived from the round's key broadcast.
+
+        The seed hashes the signed part of every participant's advert, so the broadcast
+        must carry an advert of *every* participant of the config: with a subset the
+        coordinator could try subsets until the graph suits it (ThresholdNotMet: a graph
+        round needs every advert). The adverts' signatures are the caller's to check (the
+        client and `close_advertise` do). A config bound to another seed is a
+        ProtocolViolation. Without a graph, the config itself.
+        """
+        if self.graph is None:
+            return self
+        if broadcast.round_id != self.digest:
+            raise ProtocolViolation("the key broadcast belongs to another round")
+        senders = broadcast.senders
+        if senders != self.ids:
+            missing = sorted(set(self.ids) - set(senders))
+            raise ThresholdNotMet(
+                f"a neighbour-graph round needs the key advert of every participant (the graph "
+                f"seed is a hash over all of them); {len(missing)} missing, first {missing[0]}"
+                if missing
+                else "the key broadcast names participants outside the round",
+                participant=missing[0] if missing else None,
+            )
+        seed = graph.derive_seed(self.digest, [a.signed_payload() for a in broadcast.adverts])
+        if self.graph.seed is not None:
+            if self.graph.seed != seed:
+                raise ProtocolViolation(
+                    "the graph seed does not match the hash of the participants' key adverts"
+                )
+            return self
+        return replace(self, graph=replace(self.graph, seed=seed))
+
     @cached_property
     def adjacency(self) -> dict[int, frozenset[int]]:
         """The neighbour graph: each participant's neighbours (empty without a graph,
         where everyone pairs with everyone; use `neighbours`, which covers both)."""
         if self.graph is None:
             return {}
+        if self.graph.seed is None:
+            raise ProtocolViolation(
+                "the neighbour graph is fixed by the key adverts: bind the config to the "
+                "round's key broadcast first (RoundConfig.bind_graph)"
+            )
         return graph.neighbours(self.ids, self.graph.seed, self.graph.degree)
-
-    @cached_property
-    def _graph_holders(self) -> dict[int, frozenset[int]]:
-        return {pid: around | {pid} for pid, around in self.adjacency.items()}
 
     def neighbours(self, pid: int) -> frozenset[int]:
         """Who `pid` pairs with: everyone else, or its neighbours in the graph."""
@@ -184,11 +238,14 @@ class RoundConfig:
         self.participant(pid)
         if self.graph is None:
             return self.everyone
-        return self._graph_holders[pid]
+        return self.adjacency[pid] | {pid}
 
     def is_holder(self, holder: int, owner: int) -> bool:
         """Whether `holder` holds shares of `owner`'s secrets (O(1), for inner loops)."""
-        return holder in self.holders(owner)
+        self.participant(owner)
+        if self.graph is None:
+            return holder in self.everyone
+        return holder == owner or holder in self.adjacency[owner]
 
     @property
     def share_threshold(self) -> int:
@@ -207,9 +264,9 @@ class RoundConfig:
         for p in self.participants:
             writer.u32(p.id).text(p.name).fixed(p.identity.to_bytes())
         if self.graph is None:
-            writer.u8(0)
-        else:
-            writer.u8(1).fixed(self.graph.seed).u32(self.graph.degree).u32(self.graph.threshold)
+            writer.u8(_NO_GRAPH)
+        else:  # the seed is not part of the config: it is derived from the key adverts
+            writer.u8(_DERIVED_SEED).u32(self.graph.degree).u32(self.graph.threshold)
         return writer.finish()
 
     @classmethod
@@ -228,14 +285,17 @@ class RoundConfig:
             participants.append(RoundMember(pid, name, identity))
         has_graph = reader.u8("graph flag")
         neighbour_graph = None
-        if has_graph == 1:
+        if has_graph == _DERIVED_SEED:
             neighbour_graph = NeighbourGraph(
-                reader.fixed(graph.GRAPH_SEED_SIZE, "graph seed"),
-                reader.u32("graph degree"),
-                reader.u32("graph threshold"),
+                reader.u32("graph degree"), reader.u32("graph threshold")
             )
-        elif has_graph != 0:
-            raise MalformedMessage("round config: the graph flag must be 0 or 1")
+        elif has_graph == _LEGACY_CHOSEN_SEED:
+            raise MalformedMessage(
+                "round config: a neighbour graph whose seed the coordinator chose is refused "
+                "(the seed must be derived from the participants' key adverts)"
+            )
+        elif has_graph != _NO_GRAPH:
+            raise MalformedMessage("round config: the graph flag must be 0 or 2")
         reader.done()
         config = cls(context, tuple(participants), threshold, vector_length, bits, neighbour_graph)
         if tuple(participants) != config.participants:

@@ -28,3 +28,5 @@ MASK_KEY: Final = b"fmtl/secagg/v1/mask-key"
 SELF_SEED_COMMITMENT: Final = b"fmtl/secagg/v1/self-seed-commitment"
 # SHA-256 ordering key of the SecAgg+ neighbour graph.
 GRAPH_ORDER: Final = b"fmtl/secagg/v1/neighbour-graph"
+# SHA-256 of every participant's signed key advert: the seed of the neighbour graph.
+GRAPH_SEED: Final = b"fmtl/secagg/v1/graph-seed-from-adverts"

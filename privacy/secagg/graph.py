@@ -6,40 +6,54 @@ its secrets with k neighbours only, with k = O(log n), which turns the client's 
 into O(log n). The graph is a Harary graph H(k, n) on a pseudorandom cyclic order of the
 participants: order them by SHA-256(label | public seed | id), then link each one to the
 k/2 nearest on either side of the cycle. It is k-regular, symmetric, connected, and fixed
-by the round's public seed, so every party computes it independently. The seed must be
-drawn at random by the coordinator when it opens the round (Bell et al. assume a random
-graph unknown to the clients in advance; see docs/secagg.md for what a lying server could
-do by choosing it).
+by the round's public seed, so every party computes it independently.
+
+Bell et al.'s guarantees hold for a random graph that the adversary did not pick, so the
+seed is not the coordinator's to choose: `derive_seed` hashes the signed part of every
+participant's key advert of the round (fresh keys each round), which the coordinator can
+neither forge nor leave out (`RoundConfig.bind_graph` refuses a broadcast that lacks one).
+How large the degree and the neighbourhood threshold must be for a given fraction of
+colluding institutions and of dropouts is in `graph_security`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 from privacy.secagg import domains
 from privacy.secagg.errors import InvalidArgument
+from privacy.secagg.graph_security import recommended_graph
 
 GRAPH_SEED_SIZE: Final = 32
 # Smallest useful degree: each participant has at least one neighbour on either side.
 MIN_DEGREE: Final = 2
-# k ≈ DEGREE_PER_LOG2_N · log2(n): Bell et al. prove k = O(log n) suffices; the constant is a
-# heuristic of ours (it gives k = 18 for n = 50 and k = 30 for n = 1000), not derived from
-# their bounds for a particular corruption and dropout rate.
-DEGREE_PER_LOG2_N: Final = 3.0
 
 
 def recommended_degree(n: int) -> int:
-    """An even degree k ≈ 3·log2(n) for n participants, or 0 when n is too small for a graph.
-
-    0 means "use the complete graph" (the neighbour graph saves nothing below that size).
-    """
+    """The degree `graph_security.recommended_graph(n)` gives under the default policy, or 0
+    when n is too small for a graph that meets it (use the complete graph)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise InvalidArgument(f"a round needs an int of at least 2 participants, got {n!r}")
-    degree = 2 * math.ceil(DEGREE_PER_LOG2_N * math.log2(n) / 2)
-    return degree if degree < n - 1 else 0
+    chosen = recommended_graph(n)
+    return 0 if chosen is None else chosen[0]
+
+
+def derive_seed(round_id: bytes, signed_adverts: Iterable[bytes]) -> bytes:
+    """The graph seed: SHA-256(label | round id | count | each advert's signed payload).
+
+    `signed_adverts` are the signed payloads (both public keys, sender, round id) of every
+    participant's advert, in id order. Only the signed part is hashed, so a coordinator
+    cannot vary the seed by re-encoding a signature.
+    """
+    payloads = list(signed_adverts)
+    digest = hashlib.sha256(domains.GRAPH_SEED)
+    digest.update(round_id + len(payloads).to_bytes(4, "big"))
+    for payload in payloads:
+        digest.update(len(payload).to_bytes(4, "big") + payload)
+    return digest.digest()
 
 
 def check_degree(degree: int, n: int) -> None:
@@ -53,10 +67,17 @@ def check_degree(degree: int, n: int) -> None:
 
 
 def neighbours(ids: Sequence[int], seed: bytes, degree: int) -> dict[int, frozenset[int]]:
-    """Each participant's k neighbours (never itself) in the round's neighbour graph."""
+    """Each participant's k neighbours (never itself) in the round's neighbour graph.
+
+    Cached (the server functions bind a config per call): do not modify the result."""
     if len(seed) != GRAPH_SEED_SIZE:
         raise InvalidArgument(f"the graph seed must be {GRAPH_SEED_SIZE} bytes")
     check_degree(degree, len(ids))
+    return _neighbours(tuple(ids), seed, degree)
+
+
+@functools.lru_cache(maxsize=16)
+def _neighbours(ids: tuple[int, ...], seed: bytes, degree: int) -> dict[int, frozenset[int]]:
     order = sorted(
         ids,
         key=lambda pid: hashlib.sha256(

@@ -84,13 +84,18 @@ def check_advert(config: RoundConfig, advert: KeyAdvert) -> None:
 
 
 def close_advertise(config: RoundConfig, adverts: Iterable[KeyAdvert]) -> KeyBroadcast:
-    """End round 0: the adverts received in time (U1), to relay to every participant in U1."""
+    """End round 0: the adverts received in time (U1), to relay to every participant in U1.
+
+    With a neighbour graph U1 must be everyone (ThresholdNotMet otherwise): the graph seed
+    is a hash over all the adverts, so the server cannot pick a subset that suits it."""
     accepted = _one_per_sender(adverts, lambda a: check_advert(config, a), "key advert")
     keys = [key for a in accepted for key in (a.c_public, a.s_public)]
     if len(set(keys)) != len(keys):
         raise ProtocolViolation("two participants advertised the same public key")
     require_threshold(config, [a.sender for a in accepted], "advertised keys")
-    return KeyBroadcast(config.digest, tuple(accepted))
+    broadcast = KeyBroadcast(config.digest, tuple(accepted))
+    config.bind_graph(broadcast)  # refuses a graph round with a missing advert
+    return broadcast
 
 
 # Round 1: ShareKeys -------------------------------------------------------------------------
@@ -99,6 +104,13 @@ def check_share_keys(
 ) -> None:
     """From a participant in U1, with exactly one ciphertext per other holder in U1."""
     expect(broadcast, KeyBroadcast, "the key broadcast")
+    expect(config, RoundConfig, "the round config")
+    _check_share_keys(config.bind_graph(broadcast), broadcast, message)
+
+
+def _check_share_keys(
+    config: RoundConfig, broadcast: KeyBroadcast, message: ShareKeysMessage
+) -> None:
     _check_origin(config, message, ShareKeysMessage, "share keys message")
     require_subset([message.sender], broadcast.senders, "share keys")
     expected = sorted((config.holders(message.sender) & set(broadcast.senders)) - {message.sender})
@@ -117,8 +129,11 @@ def route_shares(
 
     The server only relays ciphertext (it cannot read the shares).
     """
+    expect(broadcast, KeyBroadcast, "the key broadcast")
+    expect(config, RoundConfig, "the round config")
+    config = config.bind_graph(broadcast)
     accepted = _one_per_sender(
-        messages, lambda m: check_share_keys(config, broadcast, m), "share keys message"
+        messages, lambda m: _check_share_keys(config, broadcast, m), "share keys message"
     )
     senders = tuple(m.sender for m in accepted)
     require_threshold(config, senders, "shared keys")
@@ -147,7 +162,9 @@ def check_masked_input(
 def close_masked_input(
     config: RoundConfig, share_senders: Collection[int], uploaded: Iterable[int]
 ) -> SurvivorSet:
-    """End round 2: U3 = who uploaded a masked input in time, to be signed by each of them."""
+    """End round 2: U3 = who uploaded a masked input in time, to be signed by each of them.
+
+    With a neighbour graph, `config` must be bound to the key broadcast (`bind_graph`)."""
     expect(config, RoundConfig, "the round config")
     survivors = tuple(sorted(set(uploaded)))
     check_survivors(config, share_senders, survivors)

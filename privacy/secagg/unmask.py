@@ -204,6 +204,7 @@ def plan_unmask(
         expect(message, ShareKeysMessage, "a share keys message")
     if proof.round_id != config.digest or broadcast.round_id != config.digest:
         raise InvalidArgument("the key broadcast or consistency proof belongs to another round")
+    config = config.bind_graph(broadcast)
     commitments = {m.sender: m.self_seed_commitment for m in share_messages}
     share_senders = frozenset(commitments)
     require_subset(share_senders, broadcast.senders, "share keys senders")

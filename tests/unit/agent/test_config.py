@@ -130,3 +130,24 @@ def test_inline_data_mapping_resolves_its_path(tmp_path: Path) -> None:
     )
     config = load_config(path, environment=AgentEnvironment(key_passphrase=None))
     assert config.data.path == (tmp_path / "data" / "x.csv").resolve()
+
+
+def test_the_neighbour_graph_policy_defaults_to_a_third_colluding_at_2_to_the_minus_40(
+    tmp_path: Path,
+) -> None:
+    from privacy.secagg import GraphPolicy
+
+    assert load_config(
+        write_config(tmp_path), environment=AgentEnvironment(key_passphrase=None)
+    ).neighbour_graph.policy() == GraphPolicy(1 / 3, 0.1, -40.0)
+    stricter = write_config(
+        tmp_path, extra="[neighbour_graph]\ncollusion_fraction = 0.4\nlog2_target = -60\n"
+    )
+    policy = load_config(
+        stricter, environment=AgentEnvironment(key_passphrase=None)
+    ).neighbour_graph.policy()
+    assert policy == GraphPolicy(0.4, 0.1, -60.0)
+    for wrong in ("collusion_fraction = 0.5", "log2_target = 0", "dropout_fraction = -1"):
+        path = write_config(tmp_path, extra=f"[neighbour_graph]\n{wrong}\n")
+        with pytest.raises(ConfigError, match="neighbour_graph"):
+            _load(path)

@@ -10,7 +10,6 @@ predict whether a round must succeed (and with which survivors) or must fail.
 from __future__ import annotations
 
 import itertools
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -71,7 +70,7 @@ def make_federation(
     graph = None
     if degree is not None:
         assert graph_threshold is not None
-        graph = NeighbourGraph(secrets.token_bytes(32), degree, graph_threshold)
+        graph = NeighbourGraph(degree, graph_threshold)
     config = RoundConfig(
         RoundContext("federation-under-test", round_number),
         participants,
@@ -101,6 +100,8 @@ class RoundOutcome:
     survivors: tuple[int, ...] = ()
     server_view: list[bytes] = field(default_factory=list)
     refused: dict[int, SecAggError] = field(default_factory=dict)
+    #: The config bound to the round's graph seed (set once the key broadcast is).
+    config: RoundConfig | None = None
 
 
 def _through_wire(message: object, kind: type) -> object:
@@ -144,6 +145,7 @@ def run_round(
     try:
         adverts = [a for pid in config.ids if (a := step(pid, "advertise", clients[pid].advert))]
         broadcast = close_advertise(config, adverts)  # type: ignore[arg-type]
+        config = outcome.config = config.bind_graph(broadcast)
         relayed = KeyBroadcast.from_bytes(broadcast.to_bytes())
         share_messages: list[ShareKeysMessage] = []
         for pid in broadcast.senders:
@@ -218,16 +220,21 @@ def _connected(members: set[int], config: RoundConfig) -> bool:
 
 
 def expected_outcome(
-    config: RoundConfig, dropouts: Mapping[str, frozenset[int]]
+    config: RoundConfig | None, dropouts: Mapping[str, frozenset[int]]
 ) -> tuple[int, ...] | None:
     """The survivors U3 whose sum the round must reveal, or None if it must fail (typed).
 
     The rules of Bonawitz et al. Fig. 4 (|U_i| >= t at every stage) and, with the graph, of
-    Bell et al.: every needed secret keeps `share_threshold` holders, survivors connected.
+    Bell et al.: every needed secret keeps `share_threshold` holders, survivors connected;
+    and a graph round needs every advert (its seed is their hash). `config` is the round's
+    config bound to its graph seed (`RoundOutcome.config`), or None if the round never got
+    a key broadcast.
     """
+    if config is None:
+        return None
     t, ts = config.threshold, config.share_threshold
     u1 = set(config.ids) - dropouts["advertise"]
-    if len(u1) < t:
+    if len(u1) < t or (config.graph is not None and u1 != set(config.ids)):
         return None
     u2 = {u for u in u1 - dropouts["share_keys"] if len(config.holders(u) & u1) >= ts}
     if len(u2) < t:
@@ -300,6 +307,9 @@ class Progress:
 
     def advertise(self) -> Progress:
         self.broadcast = close_advertise(self.config, [c.advert() for c in self.clients.values()])
+        self.federation = Federation(
+            self.federation.config.bind_graph(self.broadcast), self.federation.identities
+        )
         return self
 
     def share_keys(self) -> Progress:

@@ -34,7 +34,7 @@ def _config(**changes) -> RoundConfig:
         "threshold": 7,
         "vector_length": 100,
         "bits": 32,
-        "graph": NeighbourGraph(SEED, 4, 3),
+        "graph": NeighbourGraph(4, 3),
     }
     values.update(changes)
     return RoundConfig(**values)
@@ -59,7 +59,7 @@ def test_config_round_trips_through_canonical_bytes() -> None:
         {"vector_length": 101},
         {"bits": 64},
         {"graph": None},
-        {"graph": NeighbourGraph(SEED, 4, 4)},
+        {"graph": NeighbourGraph(4, 4)},
         {"participants": _participants(9)},
     ],
 )
@@ -77,8 +77,8 @@ def test_every_field_changes_the_round_id(change) -> None:
         ({"bits": 16}, "bits"),
         ({"participants": _participants(1)}, "2 to"),
         ({"participants": (*_participants(3), RoundMember(3, "again", KEYS[5]))}, "distinct"),
-        ({"graph": NeighbourGraph(SEED, 10, 6)}, "n-2 = 8"),
-        ({"graph": NeighbourGraph(SEED, 5, 4)}, "even"),
+        ({"graph": NeighbourGraph(10, 6)}, "n-2 = 8"),
+        ({"graph": NeighbourGraph(5, 4)}, "even"),
         ({"context": "fed-3"}, "RoundContext"),
     ],
 )
@@ -90,9 +90,9 @@ def test_invalid_configs_are_refused(change, message) -> None:
 @pytest.mark.parametrize(
     ("factory", "message"),
     [
-        (lambda: NeighbourGraph(SEED, 4, 2), r"> \(degree \+ 1\) / 2"),
-        (lambda: NeighbourGraph(SEED, 4, 6), "<= degree"),
-        (lambda: NeighbourGraph(b"short", 4, 3), "32 bytes"),
+        (lambda: NeighbourGraph(4, 2), r"> \(degree \+ 1\) / 2"),
+        (lambda: NeighbourGraph(4, 6), "<= degree"),
+        (lambda: NeighbourGraph(4, 3, seed=b"short"), "32 bytes"),
         (lambda: RoundMember(0, "zero", KEYS[0]), r"\[1, 2\^32\)"),
         (lambda: RoundMember(1, "", KEYS[0]), "name"),
         (lambda: RoundContext("", 1), "federation"),
@@ -141,15 +141,29 @@ def test_neighbour_graph_is_fixed_by_its_public_seed() -> None:
     assert neighbours(ids, SEED, 6) != neighbours(ids, bytes(32), 6)
 
 
-def test_recommended_degree_grows_like_log_n() -> None:
+def test_recommended_degree_is_the_policy_s_and_0_for_the_complete_graph() -> None:
     assert recommended_degree(4) == 0  # too small for a graph: use everyone
-    assert recommended_degree(50) == 18
-    assert recommended_degree(1000) == 30
-    assert recommended_degree(100_000) == 50
+    assert recommended_degree(50) == 24  # graph_security: 1/3 colluding, 10% dropouts, 2^-40
+    assert recommended_degree(1000) == 126
+
+
+def test_a_config_with_a_coordinator_chosen_seed_is_refused_as_bytes() -> None:
+    """The old format carried a seed the coordinator chose; it must not parse any more."""
+    raw = _config().to_bytes()
+    flag_at = len(raw) - 9  # flag (1 byte), degree and threshold (u32 each) end the bytes
+    assert raw[flag_at] == 2
+    legacy = raw[:flag_at] + b"\x01" + SEED + raw[flag_at + 1 :]
+    with pytest.raises(MalformedMessage, match="seed the coordinator chose"):
+        RoundConfig.from_bytes(legacy)
+
+
+def test_the_graph_is_unknown_until_bound_to_the_adverts() -> None:
+    with pytest.raises(ProtocolViolation, match="bind"):
+        _config().neighbours(1)
 
 
 def test_config_holders_follow_the_graph() -> None:
-    config = _config()
+    config = _config(graph=NeighbourGraph(4, 3, seed=SEED))
     assert config.share_threshold == 3
     for pid in config.ids:
         assert config.holders(pid) == config.neighbours(pid) | {pid}

@@ -64,7 +64,7 @@ def _check_round(shape: dict[str, int | None], data: st.DataObject, bits: int = 
     dropouts = data.draw(dropout_schedules(config.ids, keep=threshold))
     inputs = random_inputs(config, np.random.default_rng(data.draw(st.integers(0, 2**32))))
     outcome = run_round(federation, inputs, dropouts)
-    expected = expected_outcome(config, dropouts)
+    expected = expected_outcome(outcome.config, dropouts)
     event("revealed the sum" if expected is not None else "failed below threshold")
     event(f"n in [{n // 10 * 10}, {n // 10 * 10 + 9}]")
     if expected is None:
@@ -122,7 +122,7 @@ def test_round_survives_a_client_restart_between_every_step() -> None:
     inputs = random_inputs(federation.config, np.random.default_rng(2))
     dropouts = no_dropouts() | {"masked_input": frozenset({4}), "unmask": frozenset({2})}
     outcome = run_round(federation, inputs, dropouts, restore_each_step=True)
-    expected = expected_outcome(federation.config, dropouts)
+    expected = expected_outcome(outcome.config, dropouts)
     assert expected is not None
     assert outcome.error is None
     np.testing.assert_array_equal(outcome.total, exact_sum(federation.config, inputs, expected))
