@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel
 
 from agent.http_signing import RequestSigner, SignatureAuth
+from federation.attestation import AuditCheckpoint, CheckpointPage
 from federation.round_api import (
     BINARY_MEDIA_TYPE,
     LONG_POLL_HEADER,
@@ -195,6 +196,13 @@ class CoordinatorClient:
 
     def profile(self) -> AgentProfile:
         return self._get(f"{AGENT_API_PREFIX}/me", AgentProfile)
+
+    def audit_checkpoints(self, after: int) -> tuple[AuditCheckpoint, ...]:
+        """The coordinator's signed audit checkpoints numbered above `after` (one page)."""
+        response = self._request(
+            "GET", f"{AGENT_API_PREFIX}/audit/checkpoints", params={"after": str(after)}
+        )
+        return _parse(response, CheckpointPage).checkpoints
 
     def work(self, *, wait_s: float = 0.0, seen: str | None = None) -> WorkStatus:
         """The agent's work; with `wait_s` and `seen` a long poll: the coordinator answers

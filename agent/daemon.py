@@ -31,6 +31,7 @@ from typing import Final
 
 import httpx
 
+from agent.audit_anchor import ANCHOR_FILE, AuditAnchor
 from agent.config import AgentConfig, refuse_testing_switches
 from agent.coordinator_client import (
     BadResponse,
@@ -469,6 +470,11 @@ def run_daemon(
                     work,
                     long_poll_s=config.daemon.long_poll_s,
                     graph_policy=config.neighbour_graph.policy(),
+                    audit_anchor=AuditAnchor(
+                        config.state_dir / ANCHOR_FILE,
+                        profile.coordinator_key,
+                        client.audit_checkpoints,
+                    ),
                 )
                 event(
                     _log,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.audit_anchor import AuditAnchor, HistoryRewritten
 from agent.coordinator_client import ClientError, CoordinatorClient, Rejected
 from agent.local_work import CannotContinue, Decision, LocalWork
 from agent.round_state import DamagedState, ParticipantState, RoundStateStore
@@ -106,6 +107,7 @@ class RoundParticipant:
         on_stage: Callable[[StepResult], None] | None = None,
         long_poll_s: float = 0.0,
         graph_policy: GraphPolicy | None = None,
+        audit_anchor: AuditAnchor | None = None,
     ) -> None:
         self.client = client
         self.identity = IdentityKey(identity)
@@ -117,6 +119,8 @@ class RoundParticipant:
         self.long_poll_s = long_poll_s
         #: What a SecAgg+ neighbour graph must withstand (agent.toml [neighbour_graph]).
         self.graph_policy = graph_policy or GraphPolicy()
+        #: Checks that the audit checkpoint of each open round extends the last one seen.
+        self.audit_anchor = audit_anchor
         self._seen: str | None = None
         self._spec: FederationSpec | None = None
         self._spec_fingerprint: str | None = None
@@ -170,6 +174,14 @@ class RoundParticipant:
         state = self._load(key, a)
         if state.abandoned:
             return StepResult(Outcome.DROPPED, detail=state.abandoned)
+        if self.audit_anchor is not None:
+            try:
+                self.audit_anchor.check(a.audit_checkpoint)
+            except HistoryRewritten as exc:
+                reason = f"the coordinator's audit log history was rewritten: {exc}"
+                self._save(key, state.with_(abandoned=reason))
+                logger.error("leaving round %s: %s", a.round, reason)
+                return StepResult(Outcome.DROPPED, detail=reason)
         if state.decision is None:
             refusal = self._graph_refusal(a)
             decision = Decision.decline(refusal) if refusal else self.work.decide(a)

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from coordinator.api.middleware import BodySizeLimit, RequestMetrics
 from coordinator.api.ops import router as ops_router
 from coordinator.api.problems import install_problem_handlers
+from coordinator.audit.views import agent_router as audit_agent_router
 from coordinator.audit.views import router as audit_router
 from coordinator.auth.views import router as tokens_router
 from coordinator.console.actions import router as console_actions_router
@@ -98,6 +99,7 @@ def create_app(settings: Settings, *, start_embedded_worker: bool = True) -> Fas
         ledger_router,
         audit_router,
         agent_router,
+        audit_agent_router,
         round_agent_router,
         round_upload_router,
         console_router,

@@ -248,24 +248,40 @@ def signing_key(
 
 
 @app.command("audit-verify")
-def audit_verify() -> None:
-    """Verify the audit log's hash chain; names the first broken entry (exit status 3)."""
+def audit_verify(
+    expect_head: Annotated[
+        str | None,
+        typer.Option(help="An entry hash seen earlier: the log must still contain it."),
+    ] = None,
+) -> None:
+    """Verify the audit log's hash chain and its signed checkpoints; names the first broken
+    entry or checkpoint (exit status 3)."""
     with _readable_errors():
-        from coordinator.audit import service
+        from coordinator.audit import checkpoints
 
+        if expect_head is not None and not re.fullmatch(r"[0-9a-f]{64}", expect_head):
+            _fail("--expect-head: a head hash is 64 lowercase hex digits")
         settings = _settings()
         runtime = Runtime.from_settings(settings)
         ensure_schema(runtime, migrate=False)
         with runtime.db.scope() as session:
-            result = service.verify(session)
+            result = checkpoints.verify_anchored(
+                session, runtime.signing_key.public_key, expect_head=expect_head
+            )
         runtime.db.dispose()
-        if not result.ok:
+        chain = result.chain
+        if not chain.ok:
             _fail(
-                f"audit log broken at entry {result.first_broken_seq}: {result.reason} "
-                f"({result.entries} entries before it verify)",
+                f"audit log broken at entry {chain.first_broken_seq}: {chain.reason} "
+                f"({chain.entries} entries before it verify)",
                 EXIT_AUDIT_BROKEN,
             )
-        typer.echo(f"audit log intact: {result.entries} entries, head {result.head_hash}")
+        if result.problem is not None:
+            _fail(f"audit log: {result.problem}", EXIT_AUDIT_BROKEN)
+        typer.echo(
+            f"audit log intact: {chain.entries} entries, head {chain.head_hash}; "
+            f"{result.checkpoints} signed checkpoints"
+        )
 
 
 def main() -> None:  # pragma: no cover - `python -m coordinator.cli`

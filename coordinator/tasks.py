@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
+from coordinator.audit import checkpoints
 from coordinator.audit import service as audit
 from coordinator.auth.signatures import purge_expired_nonces
 from coordinator.db import utcnow
@@ -33,6 +34,8 @@ class TickReport:
     nonces_purged: int
     overdue_rounds: tuple[int, ...]  # round ids past their stage deadline
     started_rounds: tuple[int, ...] = ()
+    #: The number of the audit checkpoint this tick signed, if it signed one.
+    checkpoint: int | None = None
     followups: tuple[Followup, ...] = field(default=(), repr=False)
 
 
@@ -41,7 +44,8 @@ def tick(runtime: Runtime) -> TickReport:
 
     Forgets signature nonces that can no longer be replayed; advances every open round
     (closing stages past their deadline, re-sending unmasking slices whose worker died);
-    starts the rounds of federations with a `round_interval_s` schedule.
+    starts the rounds of federations with a `round_interval_s` schedule; signs an audit
+    checkpoint when the log grew and the last one is `audit_checkpoint_interval_s` old.
     """
     followups: list[Followup] = []
     with runtime.db.scope() as session:
@@ -57,8 +61,23 @@ def tick(runtime: Runtime) -> TickReport:
         nonces_purged=purged,
         overdue_rounds=overdue,
         started_rounds=started,
+        checkpoint=sign_audit_checkpoint(runtime),
         followups=tuple(followups),
     )
+
+
+def sign_audit_checkpoint(runtime: Runtime) -> int | None:
+    """Sign the next audit checkpoint if one is due (`coordinator.audit.checkpoints`)."""
+    try:
+        with runtime.db.scope() as session:
+            signed = checkpoints.sign_checkpoint(
+                session,
+                runtime.signing_key,
+                min_interval_s=runtime.settings.audit_checkpoint_interval_s,
+            )
+    except sa.exc.IntegrityError:  # another process signed the same number first
+        return None
+    return None if signed is None else signed.number
 
 
 def _scheduled_starts(runtime: Runtime, followups: list[Followup]) -> tuple[int, ...]:

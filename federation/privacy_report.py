@@ -56,6 +56,18 @@ class AuditHead(_Doc):
     head_hash: str
     first_broken_seq: int | None
     reason: str | None
+    #: Signed checkpoints of the chain checked with it (`ok` covers them), and the latest.
+    checkpoints: int = 0
+    latest_checkpoint: int | None = None
+    latest_checkpoint_seq: int | None = None
+
+
+class UnreportedSpend(_Doc):
+    """An institution whose masked update is in an ended round, with no spend on record."""
+
+    institution: str
+    round: int
+    stage: str
 
 
 class ReportDocument(_Doc):
@@ -70,6 +82,8 @@ class ReportDocument(_Doc):
     institutions: list[InstitutionHistory]
     mismatches: int
     audit: AuditHead
+    #: Rounds where the ledger is a lower bound: the spend never arrived.
+    unreported: list[UnreportedSpend] = Field(default_factory=list)
 
 
 class SignedReport(_Doc):

@@ -33,6 +33,7 @@ from pydantic import (
     field_validator,
 )
 
+from federation.attestation import AuditCheckpoint
 from federation.layout import ParameterLayout, SegmentKind
 from federation.spec import FederationSpec, Name
 from federation.wire import _from_base64url, _to_base64url
@@ -175,6 +176,9 @@ class RoundAssignment(_Wire):
     #: What the coordinator already holds from this agent.
     received: tuple[MessageKind, ...] = ()
     failure_reason: str | None = None
+    #: The latest signed checkpoint of the coordinator's audit log: the agent checks that it
+    #: extends the one it kept (a rewritten history would not), `agent/audit_anchor.py`.
+    audit_checkpoint: AuditCheckpoint | None = None
 
 
 #: Longest the coordinator holds a `GET /agent/v1/work?wait_s=...&seen=...` long poll.

@@ -169,3 +169,8 @@ class AgentProfile(_Wire):
     enrolled_at: datetime
     spec: FederationSpec
     spec_fingerprint: str
+    coordinator_key: Ed25519PublicKeyBytes | None = Field(
+        default=None,
+        description="The coordinator's signing public key (audit checkpoints, reports): the "
+        "agent pins the one it got at enrollment and checks every audit checkpoint with it.",
+    )

@@ -8,6 +8,7 @@ knows the federation-wide metrics the coordinator must record (`expected_metrics
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +36,9 @@ class FixedDeltaWork:
     #: Send its own metrics in clear, as an institution that opted in.
     share_own_metrics: bool = False
     seed: int = 0
+    #: What its spend report says (a test may make it absurd, or another δ than the spec's).
+    noise_multiplier: float = 1.1
+    spend_delta: float = 1e-5
     trained: list[int] = field(default_factory=list)  # round numbers trained
 
     def statistics(self) -> dict[str, metrics.Statistics]:
@@ -77,12 +81,13 @@ class FixedDeltaWork:
             if self.share_own_metrics
             else {},
             spend=SpendReport(
-                noise_multiplier=1.1,
+                noise_multiplier=self.noise_multiplier,
                 sample_rate=0.01,
                 steps=100,
-                delta=1e-5,
+                delta=self.spend_delta,
                 epsilon=0.5,
                 accountant="rdp",
+                run_id=secrets.token_urlsafe(12),  # a fresh training run each time
             ),
         )
 

@@ -56,3 +56,23 @@ class AuditEntry(Base):
     details: Mapped[str] = mapped_column(sa.Text)
     prev_hash: Mapped[str] = mapped_column(sa.String(HASH_HEX_LENGTH), unique=True)
     entry_hash: Mapped[str] = mapped_column(sa.String(HASH_HEX_LENGTH), unique=True)
+
+
+class AuditCheckpointRecord(Base):
+    """A signed statement "entry `audit_seq` of the audit log has hash `head_hash`".
+
+    Checkpoints are numbered 1, 2, 3 ... and each holds the hash of the previous one, so
+    they form a chain of their own that only the holder of the coordinator's signing key
+    (kept outside this database) can extend. Wire form and canonical payload:
+    `federation.attestation.AuditCheckpoint`.
+    """
+
+    __tablename__ = "audit_checkpoints"
+
+    number: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    audit_seq: Mapped[int] = mapped_column(sa.BigInteger)
+    head_hash: Mapped[str] = mapped_column(sa.String(HASH_HEX_LENGTH))
+    prev_checkpoint_hash: Mapped[str] = mapped_column(sa.String(HASH_HEX_LENGTH), unique=True)
+    signed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    key_id: Mapped[str] = mapped_column(sa.String(HASH_HEX_LENGTH))
+    signature: Mapped[bytes] = mapped_column(sa.LargeBinary(64))

@@ -113,6 +113,13 @@ def _hash_of(entry: AuditEntry | _StoredEntry) -> str:
     )
 
 
+def lock_log(session: Session) -> None:
+    """Hold the log's append lock until the transaction ends (PostgreSQL; SQLite
+    transactions are serialised already)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.select(sa.func.pg_advisory_xact_lock(AUDIT_LOCK_KEY)))
+
+
 def record(
     session: Session,
     actor: Actor,
@@ -121,8 +128,7 @@ def record(
     details: AuditDetails | None = None,
 ) -> AuditEntry:
     """Append an entry in the caller's transaction (the caller commits, with its change)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(sa.select(sa.func.pg_advisory_xact_lock(AUDIT_LOCK_KEY)))
+    lock_log(session)
     last = session.scalars(sa.select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()
     entry = AuditEntry(
         seq=1 if last is None else last.seq + 1,
@@ -159,10 +165,11 @@ class ChainVerification:
     reason: str | None = None
 
 
-def verify(session: Session) -> ChainVerification:
-    """Walk the chain from the first entry and report the first one that does not check out."""
-    expected_seq = 1
-    previous_hash = GENESIS_HASH
+def verify(session: Session, *, after: tuple[int, str] = (0, GENESIS_HASH)) -> ChainVerification:
+    """Walk the chain from the first entry (or from the entry after `after` = (seq, its
+    hash)) and report the first one that does not check out."""
+    expected_seq = after[0] + 1
+    previous_hash = after[1]
     query = (
         sa.select(
             AuditEntry.seq,
@@ -174,6 +181,7 @@ def verify(session: Session) -> ChainVerification:
             AuditEntry.prev_hash,
             AuditEntry.entry_hash,
         )
+        .where(AuditEntry.seq > after[0])
         .order_by(AuditEntry.seq)
         .execution_options(yield_per=VERIFY_BATCH)
     )

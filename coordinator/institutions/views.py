@@ -133,7 +133,7 @@ def revoke(
     return InstitutionOut.of(revoked)
 
 
-def _profile(institution: Institution) -> AgentProfile:
+def _profile(institution: Institution, runtime: Runtime) -> AgentProfile:
     federation = institution.federation
     assert institution.enrolled_at is not None
     return AgentProfile(
@@ -145,6 +145,7 @@ def _profile(institution: Institution) -> AgentProfile:
         enrolled_at=institution.enrolled_at,
         spec=federation.spec,
         spec_fingerprint=federation.fingerprint,
+        coordinator_key=runtime.signing_key.public_key,
     )
 
 
@@ -156,7 +157,7 @@ def _profile(institution: Institution) -> AgentProfile:
     summary="Enroll an agent with a one-time token and its Ed25519 identity key",
 )
 def enroll(body: EnrollmentRequest, runtime: RuntimeDep, session: SessionDep) -> AgentProfile:
-    return _profile(service.enroll(session, runtime.settings.pepper, body))
+    return _profile(service.enroll(session, runtime.settings.pepper, body), runtime)
 
 
 @agent_router.get(
@@ -164,5 +165,5 @@ def enroll(body: EnrollmentRequest, runtime: RuntimeDep, session: SessionDep) ->
     responses=problem_responses(401),
     summary="The calling agent's profile and federation spec (signed request)",
 )
-def agent_profile(institution: AgentDep) -> AgentProfile:
-    return _profile(institution)
+def agent_profile(institution: AgentDep, runtime: RuntimeDep) -> AgentProfile:
+    return _profile(institution, runtime)

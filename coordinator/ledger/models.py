@@ -16,10 +16,18 @@ class PrivacySpend(Base):
 
     `reported_epsilon` and `recomputed_epsilon` are cumulative: ε spent by the institution
     in this federation up to and including this round, at `delta`.
+
+    A row is written when the agent's training report arrives (not when the round ends), so
+    a round that fails afterwards still has its spend on record. `run_id` is the agent's
+    identifier of the training run that spent it: one run is charged once, whatever round
+    it is reported under.
     """
 
     __tablename__ = "privacy_spend"
-    __table_args__ = (sa.UniqueConstraint("round_id", "institution_id"),)
+    __table_args__ = (
+        sa.UniqueConstraint("round_id", "institution_id"),
+        sa.UniqueConstraint("institution_id", "run_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     round_id: Mapped[int] = mapped_column(sa.ForeignKey("rounds.id", ondelete="CASCADE"))
@@ -36,4 +44,12 @@ class PrivacySpend(Base):
     #: The institution's own budget ε, as it reported it (it enforces it locally).
     budget_epsilon: Mapped[float | None] = mapped_column(sa.Float)
     mismatch: Mapped[bool] = mapped_column(sa.Boolean)
+    #: The reported δ is not the federation spec's `dp.delta`: its ε states another
+    #: guarantee than the one the federation agreed on.
+    delta_mismatch: Mapped[bool] = mapped_column(
+        sa.Boolean, default=False, server_default=sa.false()
+    )
+    #: The spec's δ when the spend was recorded.
+    spec_delta: Mapped[float | None] = mapped_column(sa.Float)
+    run_id: Mapped[str | None] = mapped_column(sa.String(64))
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

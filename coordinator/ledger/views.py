@@ -36,6 +36,16 @@ class LedgerEntryOut(BaseModel):
     budget_epsilon: float | None
     mismatch: bool
     recorded_at: datetime
+    delta_mismatch: bool
+    spec_delta: float | None
+    run_id: str | None
+
+
+class UnreportedSpendOut(BaseModel):
+    federation: str
+    institution: str
+    round: int
+    stage: str
 
 
 @router.get("", summary="Privacy spend per institution and round, reported and recomputed")
@@ -64,8 +74,34 @@ def list_ledger(
             budget_epsilon=row.budget_epsilon,
             mismatch=row.mismatch,
             recorded_at=row.recorded_at,
+            delta_mismatch=row.delta_mismatch,
+            spec_delta=row.spec_delta,
+            run_id=row.run_id,
         )
         for row in rows
+    ]
+
+
+@router.get(
+    "/unreported",
+    summary="Ended rounds where an institution uploaded an update but never reported its spend",
+)
+def list_unreported(
+    _: AuditorDep,
+    session: SessionDep,
+    federation: NameFilter = None,
+    institution: NameFilter = None,
+) -> list[UnreportedSpendOut]:
+    return [
+        UnreportedSpendOut(
+            federation=row.federation,
+            institution=row.institution,
+            round=row.round_number,
+            stage=row.stage,
+        )
+        for row in service.unreported_spends(
+            session, federation=federation, institution=institution
+        )
     ]
 
 

@@ -19,11 +19,12 @@ from typing import Final
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
-from coordinator.audit import service as audit
+from coordinator.audit import checkpoints
 from coordinator.console import graphs
 from coordinator.console.queries import LedgerPoint, institution_lines, ledger_points
 from coordinator.db import utcnow
 from coordinator.federations.models import Federation
+from coordinator.ledger.service import unreported_spends
 from coordinator.reports.pages import environment, svg
 from coordinator.signing import SigningKey
 from federation.privacy_report import (
@@ -37,6 +38,7 @@ from federation.privacy_report import (
     ReportEnvelope,
     SignedReport,
     SpendLine,
+    UnreportedSpend,
 )
 
 ACCOUNTANTS: Final = {
@@ -57,8 +59,10 @@ def build_document(
     since: datetime | None,
     until: datetime | None,
     version: str,
+    public_key: bytes,
 ) -> ReportDocument:
-    """Everything the report states, read from the ledger and the audit log."""
+    """Everything the report states, read from the ledger and the audit log (checked
+    against its signed checkpoints with `public_key`)."""
     _, lines = institution_lines(session, federation, 1, with_spend=False, size=1_000_000)
     points = ledger_points(session, federation, since=since, until=until, times=True)
     per: dict[str, list[LedgerPoint]] = defaultdict(list)
@@ -90,7 +94,15 @@ def build_document(
                 ],
             )
         )
-    chain = audit.verify(session)
+    anchored = checkpoints.verify_anchored(session, public_key)
+    chain = anchored.chain
+    latest = anchored.latest_checkpoint
+    missing = [
+        UnreportedSpend(institution=row.institution, round=row.round_number, stage=row.stage)
+        for row in unreported_spends(session, federation=federation.name)
+        if (since is None or row.finished_at is None or row.finished_at >= since)
+        and (until is None or row.finished_at is None or row.finished_at <= until)
+    ]
     accountant = federation.spec.dp.accountant.value
     return ReportDocument(
         federation=federation.name,
@@ -104,12 +116,16 @@ def build_document(
         institutions=institutions,
         mismatches=sum(1 for p in points if p.mismatch),
         audit=AuditHead(
-            ok=chain.ok,
+            ok=anchored.ok,
             entries=chain.entries,
             head_hash=chain.head_hash,
             first_broken_seq=chain.first_broken_seq,
-            reason=chain.reason,
+            reason=chain.reason or anchored.problem,
+            checkpoints=anchored.checkpoints,
+            latest_checkpoint=None if latest is None else latest.number,
+            latest_checkpoint_seq=None if latest is None else latest.audit_seq,
         ),
+        unreported=missing,
     )
 
 
@@ -202,7 +218,9 @@ def privacy_report(
     version: str,
 ) -> tuple[str, ReportEnvelope]:
     """The signed report: (the HTML file, the JSON envelope it embeds)."""
-    document = build_document(session, federation, since=since, until=until, version=version)
+    document = build_document(
+        session, federation, since=since, until=until, version=version, public_key=key.public_key
+    )
     body = render_body(document)
     envelope = sign_report(document, body, key)
     return render_file(envelope, body), envelope

@@ -333,6 +333,9 @@ async def upload_masked_update(
 ) -> Receipt:
     institution, digest = signed
     target = await run_in_threadpool(_target, runtime, institution, number)
+    repeat = target.repeat(digest.hex())
+    if repeat is not None:  # received already: no byte is read or stored
+        return repeat
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) != target.size):
         if length.isdigit() and int(length) > target.size:

@@ -10,8 +10,9 @@ the slice again; a slice done twice writes the same bytes (blobs are write-once 
 identical content). The last slice to finish sends `finish`, which decodes the sum, applies
 the federation's strategy (`federation.aggregation.apply_sums`), stores the new model
 version, records the federation-wide task-wise results (from the summed validation
-statistics), the per-institution ones institutions opted to send, and the privacy spend,
-and completes the round.
+statistics) and the per-institution ones institutions opted to send, and completes the
+round. The privacy spend is on record already (written when each report arrived); what
+is recorded here is isolated per institution and can never keep a round from completing.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from coordinator.blobs.store import BlobNotFound
 from coordinator.db import utcnow
 from coordinator.federations.models import Federation
 from coordinator.institutions.models import Institution
+from coordinator.ledger.models import PrivacySpend
 from coordinator.ledger.service import SpendReport, record_spend
 from coordinator.model_versions.service import (
     get_version,
@@ -43,10 +45,9 @@ from coordinator.results.service import (
 from coordinator.rounds import engine, service, state
 from coordinator.rounds.followups import FINISH_TASK, Followup
 from coordinator.rounds.models import (
+    Participant,
     ParticipantStatus,
     Round,
-    RoundRecord,
-    RoundRecordKind,
     RoundStage,
     SliceState,
     UnmaskSlice,
@@ -56,7 +57,7 @@ from federation.aggregation import ServerState, apply_sums
 from federation.errors import FederationError
 from federation.layout import ParameterLayout
 from federation.metrics import federation_metrics
-from federation.round_api import update_codec
+from federation.round_api import TrainingReport, update_codec
 from privacy.secagg import MaskedInput, SecAggError, add_masked, ring_dtype, unmask_slice
 
 logger = logging.getLogger(__name__)
@@ -237,11 +238,7 @@ def finish(runtime: Runtime, round_id: int) -> list[Followup]:
             responders=len(survivors),
         )
         # The plan's seeds with one stored upload would unmask more than the sum: drop both.
-        session.execute(
-            sa.delete(RoundRecord).where(
-                RoundRecord.round_id == round_.id, RoundRecord.kind == RoundRecordKind.UNMASK_PLAN
-            )
-        )
+        engine.purge_unmask_secrets(session, round_)
         keys = state.round_blob_keys(session, round_.id)
         session.commit()
         logger.info(
@@ -255,35 +252,61 @@ def finish(runtime: Runtime, round_id: int) -> list[Followup]:
 
 
 def _record_results(session: sa.orm.Session, round_: Round, survivors: set[int]) -> None:
-    """Everyone's spend, and the metrics survivors that opted in sent in clear."""
+    """The metrics survivors that opted in sent in clear, and any spend not yet on record
+    (spends are recorded when their report arrives; a report stored by an older version
+    is recorded here). Each institution's records are one savepoint: whatever goes wrong
+    with them is logged and rolled back alone, and never keeps the round from completing."""
     reports = state.training_reports(session, round_)
     by_id = {p.id: p for p in round_.participants}
     for participant_id, report in sorted(reports.items()):
         participant = by_id[participant_id]
-        institution = session.get_one(Institution, participant.institution_id)
-        actor = audit.Actor(audit.ActorKind.INSTITUTION, str(institution.id))
-        if report.spend is not None:
-            spend = report.spend
-            record_spend(
-                session,
-                round_,
-                institution,
-                SpendReport(
-                    noise_multiplier=spend.noise_multiplier,
-                    sample_rate=spend.sample_rate,
-                    steps=spend.steps,
-                    delta=spend.delta,
-                    epsilon=spend.epsilon,
-                    budget_epsilon=spend.budget_epsilon,
-                ),
-                actor=actor,
+        try:
+            with session.begin_nested():
+                _record_one(session, round_, participant, report, survivors)
+        except Exception:  # isolated on purpose: completion must not depend on it
+            logger.exception(
+                "round %s: the report of participant %s was not recorded",
+                round_.id,
+                participant.secagg_id,
             )
-        if participant.secagg_id not in survivors:
-            continue
-        values = [
-            MetricValue(task, metric, value)
-            for task, task_report in sorted(report.tasks.items())
-            for metric, value in sorted(task_report.metrics.items())
-        ]
-        if values:
-            record_task_metrics(session, round_, values, actor=actor, institution=institution)
+
+
+def _record_one(
+    session: sa.orm.Session,
+    round_: Round,
+    participant: Participant,
+    report: TrainingReport,
+    survivors: set[int],
+) -> None:
+    institution = session.get_one(Institution, participant.institution_id)
+    actor = audit.Actor(audit.ActorKind.INSTITUTION, str(institution.id))
+    spend = report.spend
+    if spend is not None and not session.scalar(
+        sa.select(PrivacySpend.id).where(
+            PrivacySpend.round_id == round_.id, PrivacySpend.institution_id == institution.id
+        )
+    ):
+        record_spend(
+            session,
+            round_,
+            institution,
+            SpendReport(
+                noise_multiplier=spend.noise_multiplier,
+                sample_rate=spend.sample_rate,
+                steps=spend.steps,
+                delta=spend.delta,
+                epsilon=spend.epsilon,
+                budget_epsilon=spend.budget_epsilon,
+                run_id=spend.run_id,
+            ),
+            actor=actor,
+        )
+    if participant.secagg_id not in survivors:
+        return
+    values = [
+        MetricValue(task, metric, value)
+        for task, task_report in sorted(report.tasks.items())
+        for metric, value in sorted(task_report.metrics.items())
+    ]
+    if values:
+        record_task_metrics(session, round_, values, actor=actor, institution=institution)

@@ -31,7 +31,7 @@ from coordinator.audit import service as audit
 from coordinator.audit.models import AuditAction
 from coordinator.blobs.store import BlobNotFound, BlobStore
 from coordinator.db import utcnow
-from coordinator.errors import InvalidInput
+from coordinator.errors import InvalidInput, StateConflict
 from coordinator.federations.models import Federation
 from coordinator.federations.service import get_federation
 from coordinator.institutions.models import EnrollmentState, Institution
@@ -296,18 +296,52 @@ def _enter(
     return [Followup(ADVANCE_TASK, (round_.id,), countdown=timeout + DEADLINE_GRACE_S)]
 
 
-def fail(session: Session, round_: Round, reason: str) -> list[Followup]:
+def fail(
+    session: Session, round_: Round, reason: str, *, actor: audit.Actor = audit.SYSTEM
+) -> list[Followup]:
     """End the round as FAILED with `reason` (recorded and audited); the follow-up deletes
     its masked uploads and unmasked slices once this transaction has committed."""
     logger.info("round %s failed: %s", round_.id, reason)
-    service.enter_stage(session, round_, RoundStage.FAILED, actor=audit.SYSTEM, reason=reason)
-    # The plan's seeds must not outlive the round (docs/secagg.md, "What the server learns").
+    service.enter_stage(session, round_, RoundStage.FAILED, actor=actor, reason=reason)
+    purge_unmask_secrets(session, round_)
+    return [Followup(DISCARD_TASK, (round_.id,))]
+
+
+def fail_by_admin(
+    session: Session, federation_name: str, number: int, reason: str, *, actor: audit.Actor
+) -> tuple[Round, list[Followup]]:
+    """An admin ends an open round as FAILED (commits): the way out of a round stuck in a
+    stage, aggregation included, so that the next round can open. Audited with the actor
+    and the reason; a round already over is refused (409)."""
+    reason = reason.strip()
+    if not reason:
+        raise InvalidInput("failing a round needs a reason")
+    round_ = service.get_round(session, federation_name, number)
+    locked = state.lock_round(session, round_.id)
+    assert locked is not None
+    if locked.stage in TERMINAL_STAGES:
+        raise StateConflict(f"round {number} is already {locked.stage.value}")
+    followups = fail(session, locked, f"failed by an admin: {reason}", actor=actor)
+    session.commit()
+    return locked, followups
+
+
+def purge_unmask_secrets(session: Session, round_: Round) -> None:
+    """Delete what could unmask more than the sum once the round is over: the unmask plan
+    (reconstructed seeds) and the survivors' unmask responses (shares of b_u and of dropped
+    agents' mask keys). docs/secagg.md, "What the server learns"."""
     session.execute(
         sa.delete(RoundRecord).where(
             RoundRecord.round_id == round_.id, RoundRecord.kind == RoundRecordKind.UNMASK_PLAN
         )
     )
-    return [Followup(DISCARD_TASK, (round_.id,))]
+    participants = sa.select(Participant.id).where(Participant.round_id == round_.id)
+    session.execute(
+        sa.delete(ProtocolRecord).where(
+            ProtocolRecord.participant_id.in_(participants),
+            ProtocolRecord.kind == ProtocolMessageKind.UNMASK_SHARES,
+        )
+    )
 
 
 def drop(session: Session, round_: Round, participant: Participant, stage: RoundStage) -> None:

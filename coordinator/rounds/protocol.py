@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from coordinator.audit import checkpoints
 from coordinator.audit import service as audit
 from coordinator.audit.models import AuditAction
 from coordinator.blobs.store import BlobRef
@@ -25,6 +26,7 @@ from coordinator.db import utcnow
 from coordinator.errors import InvalidInput, NotFound, StateConflict
 from coordinator.federations.models import Federation
 from coordinator.institutions.models import Institution
+from coordinator.ledger.service import SpendReport, record_spend
 from coordinator.model_versions.service import get_version
 from coordinator.rounds import service, state
 from coordinator.rounds.followups import ADVANCE_TASK, Followup
@@ -173,6 +175,7 @@ def assignment(session: Session, institution: Institution) -> RoundAssignment | 
         config=config.to_bytes(),
         received=tuple(sorted(received)),
         failure_reason=round_.failure_reason,
+        audit_checkpoint=checkpoints.latest(session),
     )
 
 
@@ -419,7 +422,13 @@ def accept_unmask(session: Session, institution: Institution, number: int, body:
 def accept_report(
     session: Session, institution: Institution, number: int, report: TrainingReport
 ) -> Accepted:
-    """Per-task metrics and DP spend, from a participant that uploaded its update."""
+    """Per-task metrics and DP spend, from a participant that uploaded its update.
+
+    Checked and recorded at arrival: the spend goes into the ledger in this transaction
+    (`coordinator.ledger.service.record_spend`), so a report the accountant cannot account
+    for is refused now (4xx) instead of failing the round's completion, and a round that
+    ends without completing keeps the spend. A report may arrive after its round ended
+    (the agent trained, so it spent, either way); its metrics then count for nothing."""
     body = report.model_dump_json().encode()
     kind = ProtocolMessageKind.TRAINING_REPORT
     round_, participant = _find(session, institution, number, lock=True)
@@ -427,8 +436,6 @@ def accept_report(
     if repeat is not None:
         session.rollback()
         return Accepted(repeat, [])
-    if round_.stage in TERMINAL_STAGES:
-        raise StateConflict(f"round {round_.number} is over ({round_.stage.value})")
     if not session.scalar(
         sa.select(MaskedUpdate.id).where(MaskedUpdate.participant_id == participant.id)
     ):
@@ -438,10 +445,34 @@ def accept_report(
     unknown = sorted(set(report.tasks) - set(spec.task_names))
     if unknown:
         raise InvalidInput(f"unknown task '{unknown[0]}' (the federation has {spec.task_names})")
-    if report.spend is not None and report.spend.accountant != spec.dp.accountant.value:
+    if round_.vector_length is not None and report.clipped > round_.vector_length:
         raise InvalidInput(
-            f"the federation accounts with '{spec.dp.accountant.value}', the report used "
-            f"'{report.spend.accountant}'"
+            f"{report.clipped} clipped coordinates reported; the update has {round_.vector_length}"
+        )
+    spend = report.spend
+    if spend is None:
+        if spec.dp.enabled:
+            raise InvalidInput("this federation trains with DP: the report must carry its spend")
+    else:
+        if spend.accountant != spec.dp.accountant.value:
+            raise InvalidInput(
+                f"the federation accounts with '{spec.dp.accountant.value}', the report used "
+                f"'{spend.accountant}'"
+            )
+        record_spend(
+            session,
+            round_,
+            institution,
+            SpendReport(
+                noise_multiplier=spend.noise_multiplier,
+                sample_rate=spend.sample_rate,
+                steps=spend.steps,
+                delta=spend.delta,
+                epsilon=spend.epsilon,
+                budget_epsilon=spend.budget_epsilon,
+                run_id=spend.run_id,
+            ),
+            actor=audit.Actor(audit.ActorKind.INSTITUTION, str(institution.id)),
         )
     return _store(session, round_, participant, institution, kind, body)
 
@@ -487,15 +518,29 @@ class UploadTarget:
     blob_prefix: str
     existing_sha256: str | None
 
+    def repeat(self, sha256: str) -> Receipt | None:
+        """The answer to an upload of an update already received (its signed digest
+        `sha256`), without reading its body: a repeat, or 409 for other bytes."""
+        if self.existing_sha256 is None:
+            return None
+        if self.existing_sha256 != sha256:
+            raise StateConflict("a different masked update was already received")
+        return Receipt(kind=MessageKind.MASKED_UPDATE, outcome=ReceiptOutcome.REPEAT, sha256=sha256)
+
 
 def upload_target(session: Session, institution: Institution, number: int) -> UploadTarget:
-    """Checks before any byte is read: the caller may upload now, and how much."""
+    """Checks before any byte is read: the caller may upload now, and how much.
+
+    Only during the masked-input stage; later, while the round is open, an upload already
+    received is answered from its signed digest without reading (or storing) the body."""
     round_, participant = _find(session, institution, number, lock=False)
     existing = session.scalars(
         sa.select(MaskedUpdate).where(MaskedUpdate.participant_id == participant.id)
     ).first()
     if existing is None:
         _open_for(round_, participant, RoundStage.MASKED_INPUT, "a masked update")
+    elif round_.stage in TERMINAL_STAGES:
+        raise StateConflict(f"round {round_.number} is over ({round_.stage.value})")
     config = state.round_config(session, round_)
     federation = _federation(session, institution)
     session.rollback()

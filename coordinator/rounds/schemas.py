@@ -1,12 +1,20 @@
-"""Wire shapes of the round read endpoints."""
+"""Wire shapes of the round endpoints for people."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.rounds.models import ParticipantStatus, Round, RoundStage
+
+
+class FailRound(BaseModel):
+    """An admin's reason for failing a round (kept in the round and the audit log)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=500)
 
 
 class StageOut(BaseModel):

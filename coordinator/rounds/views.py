@@ -1,4 +1,5 @@
-"""Round endpoints for people: start a round (admin), read rounds (the engine drives them)."""
+"""Round endpoints for people: start or fail a round (admin), read rounds (the engine drives
+them)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi import APIRouter, Path, status
 from coordinator.api.deps import AdminDep, FollowupsDep, ReaderDep, RuntimeDep, SessionDep
 from coordinator.api.problems import problem_responses
 from coordinator.rounds import engine, service
-from coordinator.rounds.schemas import RoundOut, RoundSummary
+from coordinator.rounds.schemas import FailRound, RoundOut, RoundSummary
 from federation.spec import NAME_PATTERN
 
 router = APIRouter(
@@ -54,3 +55,23 @@ def get_round(
     federation: FederationName, number: RoundNumber, _: ReaderDep, session: SessionDep
 ) -> RoundOut:
     return RoundOut.of(service.get_round(session, federation, number))
+
+
+@router.post(
+    "/{number}/fail",
+    responses=problem_responses(409),
+    summary="End an open round as failed, with a reason (admin; audited)",
+)
+def fail_round(
+    federation: FederationName,
+    number: RoundNumber,
+    body: FailRound,
+    person: AdminDep,
+    session: SessionDep,
+    followups: FollowupsDep,
+) -> RoundOut:
+    round_, sent = engine.fail_by_admin(
+        session, federation, number, body.reason, actor=person.actor
+    )
+    followups.send(sent)
+    return RoundOut.of(service.get_round(session, federation, round_.number))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import tomllib
 from collections.abc import Iterator, Sequence
@@ -220,6 +221,19 @@ def round_show(
         console.print(tables.round_table(item, _names(client, federation)))
 
 
+@round_app.command("fail")
+def round_fail(
+    ctx: typer.Context,
+    federation: Annotated[str, typer.Argument(help="Federation name.")],
+    number: Annotated[int, typer.Argument(help="Round number.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the round and the audit log).")],
+) -> None:
+    """End an open round as failed (e.g. one stuck in a stage), so the next one can open."""
+    with _client(ctx) as client:
+        item = client.fail_round(federation, number, reason)
+    typer.echo(f"round {item.number} of '{federation}': {item.stage} ({item.failure_reason})")
+
+
 @app.command()
 def rounds(
     ctx: typer.Context,
@@ -261,10 +275,26 @@ def ledger(
     institution: Annotated[str | None, typer.Option(help="Only this institution.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """The privacy ledger: reported and recomputed ε per institution and round."""
+    """The privacy ledger: reported and recomputed ε per institution and round, and the
+    ended rounds whose spend was never reported."""
     with _client(ctx) as client:
         items = client.ledger(federation, institution)
-        _emit_json(items) if as_json else console.print(tables.ledger_table(items))
+        missing = [
+            item
+            for item in client.unreported_spends(federation)
+            if institution is None or item.institution == institution
+        ]
+    if as_json:
+        _emit_json(items)
+        return
+    console.print(tables.ledger_table(items))
+    for item in missing:
+        typer.echo(
+            f"warning: '{item.institution}' uploaded an update in round {item.round} of "
+            f"'{item.federation}' ({item.stage}) but its spend was never reported: the "
+            "ledger is a lower bound there",
+            err=True,
+        )
 
 
 @app.command()
@@ -280,16 +310,36 @@ def models(
 
 
 @app.command("audit-verify")
-def audit_verify(ctx: typer.Context) -> None:
-    """Verify the audit log's hash chain (exit status 3 when it is broken)."""
+def audit_verify(
+    ctx: typer.Context,
+    expect_head: Annotated[
+        str | None,
+        typer.Option(
+            help="A head hash this command printed earlier: the log must still contain it "
+            "(a history rewritten or cut short since then no longer does)."
+        ),
+    ] = None,
+) -> None:
+    """Verify the audit log's hash chain and its signed checkpoints (exit status 3 when
+    either is broken or the expected head is gone)."""
+    if expect_head is not None and not re.fullmatch(r"[0-9a-f]{64}", expect_head):
+        _fail("--expect-head: a head hash is 64 lowercase hex digits")
     with _client(ctx) as client:
-        result = client.audit_verify()
+        result = client.audit_verify(expect_head)
     if not result.ok:
-        typer.echo(
-            f"error: audit log broken at entry {result.first_broken_seq}: {result.reason}", err=True
-        )
+        where = "" if result.first_broken_seq is None else f" at entry {result.first_broken_seq}"
+        typer.echo(f"error: audit log broken{where}: {result.reason}", err=True)
         raise typer.Exit(3)
-    typer.echo(f"audit log intact: {result.entries} entries, head {result.head_hash}")
+    latest = result.latest_checkpoint
+    anchored = (
+        "no signed checkpoint yet"
+        if latest is None
+        else f"{result.checkpoints} signed checkpoints, the latest ({latest.number}) at entry "
+        f"{latest.audit_seq}, key {latest.key_id[:16]}"
+    )
+    typer.echo(f"audit log intact: {result.entries} entries, head {result.head_hash}; {anchored}")
+    if expect_head is not None:
+        typer.echo(f"expected head {expect_head[:16]}... is in the log")
 
 
 @app.command("verify-report")

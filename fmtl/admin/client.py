@@ -131,6 +131,16 @@ class LedgerEntry(_Out):
     budget_epsilon: float | None = None
     mismatch: bool
     recorded_at: datetime
+    delta_mismatch: bool = False
+    spec_delta: float | None = None
+    run_id: str | None = None
+
+
+class UnreportedSpendInfo(_Out):
+    federation: str
+    institution: str
+    round: int
+    stage: str
 
 
 class ModelVersionInfo(_Out):
@@ -142,12 +152,24 @@ class ModelVersionInfo(_Out):
     created_at: datetime
 
 
+class CheckpointInfo(_Out):
+    number: int
+    audit_seq: int
+    head_hash: str
+    signed_at: datetime
+    key_id: str
+
+
 class AuditVerification(_Out):
     ok: bool
     entries: int
     head_hash: str
     first_broken_seq: int | None = None
     reason: str | None = None
+    checkpoints: int = 0
+    latest_checkpoint: CheckpointInfo | None = None
+    key_id: str | None = None
+    expected_head: str | None = None
 
 
 class TokenIssued(_Out):
@@ -307,6 +329,14 @@ class AdminClient:
                     raise
             time.sleep(START_RETRY_S)
 
+    def fail_round(self, federation: str, number: int, reason: str) -> RoundInfo:
+        response = self._call(
+            "POST",
+            f"/api/v1/federations/{federation}/rounds/{number}/fail",
+            json={"reason": reason},
+        )
+        return self._parse(response, RoundInfo)
+
     def rounds(self, federation: str) -> list[RoundInfo]:
         response = self._call("GET", f"/api/v1/federations/{federation}/rounds")
         return self._parse(response, list[RoundInfo])
@@ -330,6 +360,11 @@ class AdminClient:
         }
         return self._parse(self._call("GET", "/api/v1/ledger", params=params), list[LedgerEntry])
 
+    def unreported_spends(self, federation: str | None = None) -> list[UnreportedSpendInfo]:
+        params = {} if federation is None else {"federation": federation}
+        response = self._call("GET", "/api/v1/ledger/unreported", params=params)
+        return self._parse(response, list[UnreportedSpendInfo])
+
     def models(self, federation: str) -> list[ModelVersionInfo]:
         response = self._call("GET", f"/api/v1/federations/{federation}/models")
         return self._parse(response, list[ModelVersionInfo])
@@ -339,8 +374,10 @@ class AdminClient:
             "GET", f"/api/v1/federations/{federation}/models/{version}/vector"
         ).content
 
-    def audit_verify(self) -> AuditVerification:
-        return self._parse(self._call("GET", "/api/v1/audit/verify"), AuditVerification)
+    def audit_verify(self, expect_head: str | None = None) -> AuditVerification:
+        params = {} if expect_head is None else {"expect_head": expect_head}
+        response = self._call("GET", "/api/v1/audit/verify", params=params)
+        return self._parse(response, AuditVerification)
 
     def create_token(self, name: str, role: str, expires_in_days: int = 90) -> TokenIssued:
         body = {"name": name, "role": role, "expires_in_days": expires_in_days}

@@ -240,12 +240,20 @@ def ledger_table(entries: Sequence[LedgerEntry]) -> Table:
             f"{entry.reported_epsilon:.3f}",
             f"{entry.recomputed_epsilon:.3f}",
             "" if entry.budget_epsilon is None else f"{entry.budget_epsilon:.2f}",
-            "[red]MISMATCH[/red]" if entry.mismatch else "ok",
+            _ledger_check(entry),
         ]
         if len(federations) > 1:
             row.insert(0, entry.federation)
         table.add_row(*row)
     return table
+
+
+def _ledger_check(entry: LedgerEntry) -> str:
+    problems = [
+        *(["MISMATCH"] if entry.mismatch else []),
+        *([f"δ ≠ spec {entry.spec_delta:g}"] if entry.delta_mismatch and entry.spec_delta else []),
+    ]
+    return f"[red]{'; '.join(problems)}[/red]" if problems else "ok"
 
 
 def models_table(items: Sequence[ModelVersionInfo]) -> Table:

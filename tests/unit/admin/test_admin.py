@@ -202,3 +202,20 @@ def test_start_next_round_follows_a_round_the_scheduler_opened_first(
     with pytest.raises(AdminError) as raised:
         admin_client.start_next_round("heart", after=1, timeout_s=0.0)
     assert raised.value.status == 409
+
+
+def test_audit_verify_checks_an_expected_head_and_a_round_fail_is_refused_readably(
+    admin_client: AdminClient,
+) -> None:
+    admin_client.create_federation(SPEC)
+    intact = admin_client.audit_verify()
+    assert intact.ok
+    assert admin_client.audit_verify(expect_head=intact.head_hash).ok
+    gone = admin_client.audit_verify(expect_head="f" * 64)
+    assert not gone.ok
+    assert gone.reason is not None
+    assert "not in the audit log" in gone.reason
+    with pytest.raises(AdminError) as missing:
+        admin_client.fail_round("heart", 7, "no such round")
+    assert missing.value.status == 404
+    assert "\n" not in str(missing.value)
