@@ -227,3 +227,46 @@ def test_a_training_seed_is_no_longer_a_setting(tmp_path: Path) -> None:
     assert (
         "training.seed: no longer a setting: DP noise and sampling never come from a seed" in line
     )
+
+
+def test_check_says_which_scales_the_institution_uses(tmp_path: Path) -> None:
+    """Point 3 of issue 11: `fmtl agent check` names where every quantity that scales a
+    per-sample gradient comes from (the example maps public scales for all of them)."""
+    from datetime import UTC, datetime
+
+    from agent.config import AgentEnvironment, load_config
+    from agent.enrollment import Enrollment
+    from agent.identity import ensure_private_dir, generate_identity, save_identity
+    from agent.identity import write_private_file as write_private
+    from federation.spec import FederationSpec
+    from federation.wire import AgentProfile
+
+    from .conftest import EXAMPLE
+
+    path = write_config(tmp_path)
+    config = load_config(path, environment=AgentEnvironment(key_passphrase=None))
+    spec = FederationSpec.model_validate_json((EXAMPLE / "federation.json").read_text())
+    save_identity(config.key_file, generate_identity(), None)
+    profile = AgentProfile(
+        institution_id=1,
+        key_id="1",
+        institution="cleveland",
+        federation=spec.name,
+        tasks_held=tuple(spec.task_names),
+        enrolled_at=datetime.now(UTC),
+        spec=spec,
+        spec_fingerprint=spec.fingerprint(),
+    )
+    enrollment = Enrollment(
+        coordinator_url="http://127.0.0.1:9", profile=profile, stored_at=datetime.now(UTC)
+    )
+    ensure_private_dir(config.profile_file.parent)
+    write_private(config.profile_file, enrollment.model_dump_json().encode())
+    result = runner.invoke(app, ["check", "--config", str(path)])
+    assert result.exit_code == 0, result.stderr
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert any(
+        line.startswith("scales: fixed in the data mapping (public) for 11 features")
+        for line in lines
+    ), result.stdout
+    assert not any("from local data" in line for line in lines)
