@@ -77,6 +77,9 @@ def sign_audit_checkpoint(runtime: Runtime) -> int | None:
             )
     except sa.exc.IntegrityError:  # another process signed the same number first
         return None
+    except Exception:  # never let it stop the tick's round work
+        logger.exception("audit checkpoint not signed")
+        return None
     return None if signed is None else signed.number
 
 
