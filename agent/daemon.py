@@ -196,6 +196,7 @@ class Daemon:
         self._seen_open: set[tuple[str, int]] = set()
         self._unmasked: set[tuple[str, int]] = set()
         self._last: tuple[Outcome, int | None] | None = None
+        self._pushed: bool | None = None
 
     def _wait(self, seconds: float) -> None:
         if self._sleep is not None:
@@ -293,6 +294,7 @@ class Daemon:
             if self.max_rounds is not None and len(self.finished) >= self.max_rounds:
                 event(_log, "max_rounds_reached", rounds=len(self.finished))
                 break
+            self._note_push()
             if self.participant.pushed:
                 # The next poll waits in the coordinator until the round moves on (push).
                 self._wait(LONG_POLL_GAP_S)
@@ -303,6 +305,18 @@ class Daemon:
         self._stop_step()
         event(_log, "stopped", rounds_finished=len(self.finished))
         return EXIT_OK
+
+    def _note_push(self) -> None:
+        """Log once (and again on a change) whether the coordinator holds this agent's
+        polls until its work changes (long polls) or the agent polls at intervals."""
+        pushed = self.participant.pushed
+        if pushed == self._pushed:
+            return
+        self._pushed = pushed
+        if pushed:
+            event(_log, "work_pushed", long_poll_s=self.participant.long_poll_s)
+        else:
+            event(_log, "work_polled", poll_interval_s=self.settings.poll_interval_s)
 
     def _stop_step(self) -> None:
         self.shutdown.in_step = False

@@ -293,6 +293,7 @@ class AgentWork:
 
     def train(self, assignment: RoundAssignment, global_vector: NDArray[np.float64]) -> LocalResult:
         """Evaluate, train, contribute; the spend is in the ledger before this returns."""
+        began = time.monotonic()
         federation, number = assignment.federation, assignment.round
         self.current = RoundRef(federation, number)
         key = result_key(federation, number)
@@ -383,6 +384,8 @@ class AgentWork:
             round=number,
             steps=outcome.steps,
             seconds=round(time.monotonic() - started, 2),
+            # All of this round's local work: evaluation, statistics, training, personal part.
+            local_s=round(time.monotonic() - began, 2),
             mean_loss=round(outcome.mean_loss, 5) if math.isfinite(outcome.mean_loss) else None,
             clipped=contribution.clipped,
             epsilon_spent=round(spend.epsilon, 4),

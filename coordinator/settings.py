@@ -157,6 +157,13 @@ class Settings(BaseSettings):
     work_poll_interval_s: float = Field(
         default=5.0, ge=0.0, le=3600.0, description="How often agents are told to poll."
     )
+    work_recheck_s: float = Field(
+        default=5.0,
+        gt=0.0,
+        le=3600.0,
+        description="A long-polling work request re-reads its agent's work at least this "
+        "often, round events or not (what a lost event costs at most).",
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -34,7 +34,6 @@ from coordinator.blobs.store import BlobRef, BlobStore
 from coordinator.errors import CoordinatorError, InvalidInput, PayloadTooLarge, SignatureRejected
 from coordinator.institutions.models import Institution
 from coordinator.rounds import protocol
-from coordinator.rounds.events import RECHECK_S
 from coordinator.rounds.protocol import Accepted, UploadTarget
 from coordinator.runtime import Runtime
 from federation.round_api import (
@@ -124,7 +123,7 @@ async def work(
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            await waiter.wait(min(left, RECHECK_S))
+            await waiter.wait(min(left, runtime.settings.work_recheck_s))
             found = await run_in_threadpool(read)
     return found
 

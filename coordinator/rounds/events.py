@@ -12,7 +12,8 @@ process's `RoundEvents`, which
 
 An event only says "look again": the woken request reads the agent's assignment from the
 database, so a lost or duplicated event costs at most one re-read (and a waiting request
-re-reads on its own every `RECHECK_S` regardless: nothing depends on delivery).
+re-reads on its own every `FMTL_WORK_RECHECK_S` (5 s) regardless: nothing depends on
+delivery).
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ logger = logging.getLogger(__name__)
 
 #: The session.info key holding the federations whose rounds changed in this transaction.
 CHANGED_KEY: Final = "fmtl.round_events"
-#: A long-polling request re-reads its assignment at least this often (lost events).
-RECHECK_S: Final = 5.0
 #: How long the Redis subscriber waits before reconnecting after an error.
 RECONNECT_S: Final = 1.0
 

@@ -66,6 +66,10 @@ class DemoRecord(BaseModel):
     ledger: list[LedgerEntry] = Field(default_factory=list)
     events: list[DemoEvent] = Field(default_factory=list)
     audit: AuditVerification | None = None
+    #: Per round number: the slowest hospital's local work (evaluation and training) in
+    #: seconds, from the agents' `training_finished` log events; the rest of the round's
+    #: time is the service's (protocol messages, masking, storage, aggregation).
+    training_s: dict[int, float] = Field(default_factory=dict)
     #: The model version saved as `final_model.f32` in the run folder.
     final_model_version: int | None = None
     #: Per hospital, read from its own agent at the end: its federated and personalised

@@ -157,6 +157,16 @@ class RoundLine:
     threshold: str
     durations: list[float | None]
     wall_s: float | None
+    #: The slowest hospital's local work, and the rest of the round (the service).
+    training_s: float | None = None
+    service_s: float | None = None
+
+
+def service_seconds(wall_s: float | None, training_s: float | None) -> float | None:
+    """The part of a round that is not the slowest hospital's local work."""
+    if wall_s is None or training_s is None:
+        return None
+    return max(wall_s - training_s, 0.0)
 
 
 def round_lines(record: DemoRecord) -> list[RoundLine]:
@@ -181,6 +191,8 @@ def round_lines(record: DemoRecord) -> list[RoundLine]:
                 threshold=str(item.threshold or "–"),
                 durations=[durations.get(s) for s in STAGES],
                 wall_s=wall,
+                training_s=record.training_s.get(item.number),
+                service_s=service_seconds(wall, record.training_s.get(item.number)),
             )
         )
     return lines

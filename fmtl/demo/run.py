@@ -104,6 +104,11 @@ EMBEDDED_STACK: Final = "embedded (SQLite, in-process worker)"
 #: The line an agent logs once it is ready to take part (`agent.daemon`, text log format).
 AGENT_STARTED: Final = re.compile(r"^\S+\s+info\s+started\b", re.MULTILINE)
 AGENT_START_WAIT_S: Final = 120.0
+#: An agent's log line saying it finished a round's local work (`agent.work`), and the
+#: fields the demo reads from it.
+TRAINING_FINISHED: Final = re.compile(r"^\S+\s+info\s+training_finished\b(.*)$", re.MULTILINE)
+ROUND_FIELD: Final = re.compile(r"\bround=(\d+)\b")
+LOCAL_S_FIELD: Final = re.compile(r"\blocal_s=([0-9.]+)\b")
 #: Where `fmtl agent enroll` reads its one-time token from.
 ENROLLMENT_TOKEN_ENV: Final = "FMTL_AGENT_ENROLLMENT_TOKEN"  # noqa: S105 - a variable name
 #: The last model version's parameters (model layout, little-endian float32).
@@ -680,8 +685,16 @@ class DemoRun:
             if p.status == "dropped"
         ]
         in_sum = sum(1 for p in finished.participant_list if p.status == "completed")
+        training = self._training_seconds(finished.number)
+        split = ""
+        if training is not None:
+            self.record.training_s[finished.number] = training
+            split = (
+                f" (training {training:.1f} s at the slowest hospital, "
+                f"service {max(seconds - training, 0.0):.1f} s)"
+            )
         line = (
-            f"[bold]round {finished.number}[/bold] {finished.stage} in {seconds:.1f} s: "
+            f"[bold]round {finished.number}[/bold] {finished.stage} in {seconds:.1f} s{split}: "
             f"{in_sum} of {finished.participants} updates in the sum (t = {finished.threshold})"
         )
         if dropped:
@@ -690,6 +703,17 @@ class DemoRun:
         if results:
             console.print(tables.results_table(results, finished.number))
         console.print(tables.spend_table(ledger, finished.number))
+
+    def _training_seconds(self, number: int) -> float | None:
+        """The slowest hospital's local work in round `number` (evaluation, training),
+        from the agents' logs; None when no agent logged it (e.g. a round that failed)."""
+        found = [
+            seconds
+            for agent in self.agents.values()
+            if agent.child is not None
+            for seconds in training_seconds(agent.child.log, number)
+        ]
+        return max(found) if found else None
 
     def _finish(self, admin: AdminClient) -> None:
         assert self.record is not None
@@ -758,6 +782,22 @@ class DemoRun:
                 "disease accuracy at each hospital's last round, mean over hospitals (local "
                 "figures): " + ", ".join(shown)
             )
+
+
+def training_seconds(log: Path, number: int) -> list[float]:
+    """Every `local_s` an agent's log gives for round `number` (one per training; a
+    restarted agent that reused its result logs none)."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    found = []
+    for match in TRAINING_FINISHED.finditer(text):
+        fields = match.group(1)
+        round_field, local = ROUND_FIELD.search(fields), LOCAL_S_FIELD.search(fields)
+        if round_field and local and int(round_field.group(1)) == number:
+            found.append(float(local.group(1)))
+    return found
 
 
 def _has_started(agent: _Agent) -> bool:

@@ -27,7 +27,13 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from tests.integration.conftest import _log_tail, _stop, free_port, wait_until
+from tests.integration.conftest import (
+    SERVER_START_DEADLINE_S,
+    _log_tail,
+    _stop,
+    free_port,
+    wait_until,
+)
 
 EXAMPLE: Final = Path(__file__).resolve().parents[2] / "examples" / "heart_disease"
 HOSPITALS: Final = ("cleveland", "hungarian", "switzerland", "va")
@@ -349,7 +355,7 @@ def embedded_coordinator(tmp_path: Path) -> Iterator[Stack]:
             return False
 
     try:
-        wait_until(ready, 90, "the embedded coordinator's /readyz")
+        wait_until(ready, SERVER_START_DEADLINE_S, "the embedded coordinator's /readyz")
         made = subprocess.run(
             [
                 sys.executable,

@@ -73,11 +73,27 @@ def postgres_url(postgres_admin_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+def worker_redis_url(url: str) -> str:
+    """Under pytest-xdist, each worker its own Redis database number (gw0 keeps the URL's,
+    gw1 the next, ...): queues and channels are namespaced per test anyway; this keeps one
+    worker's broker traffic and key scans out of the others' way."""
+    from redis.connection import parse_url
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker.removeprefix("gw")) if worker.removeprefix("gw").isdigit() else 0
+    if index == 0:
+        return url
+    base = int(parse_url(url).get("db", 0))
+    head, _, tail = url.partition("?")
+    scheme_host = head.rsplit("/", 1)[0] if head.count("/") > 2 else head.rstrip("/")
+    return f"{scheme_host}/{(base + index) % 16}" + (f"?{tail}" if tail else "")
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     import redis
 
-    url = os.environ.get("FMTL_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    url = worker_redis_url(os.environ.get("FMTL_TEST_REDIS_URL", DEFAULT_REDIS_URL))
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=3)
         client.ping()
@@ -100,8 +116,10 @@ def namespace() -> str:
 # the bootstrap CLI, and an enrolled agent that signs its requests. Every process is started
 # with a unique queue name and a fresh state folder, and stopped (by its own pid) afterwards.
 
-SERVER_START_DEADLINE_S = 90.0
-WORKER_START_DEADLINE_S = 90.0
+#: Failure deadlines only (a passing start takes seconds): generous, because the suite runs
+#: on several workers on a shared 2-core machine, where one start can take a minute.
+SERVER_START_DEADLINE_S = 180.0
+WORKER_START_DEADLINE_S = 180.0
 
 
 def wait_until(condition: Callable[[], bool], deadline_s: float, what: str) -> None:

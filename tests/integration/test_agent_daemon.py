@@ -154,9 +154,26 @@ def _capture(hospitals: list[Hospital], federation: str, number: int) -> dict[st
 # --- tests -------------------------------------------------------------------------------------
 
 
+def _closed_before_deadline(round_: dict[str, Any]) -> list[str]:
+    """The stages of `round_` with a deadline that closed before it (on their last answer:
+    a stage closed by its deadline closes at or after it)."""
+    from datetime import datetime
+
+    return [
+        stage["stage"]
+        for stage in round_["stages"]
+        if stage["deadline"] is not None
+        and stage["closed_at"] is not None
+        and datetime.fromisoformat(stage["closed_at"]) < datetime.fromisoformat(stage["deadline"])
+    ]
+
+
 def test_rounds_complete_and_the_global_model_improves(
     stack: Stack, hospitals: list[Hospital]
 ) -> None:
+    """... with every agent long-polling (the coordinator pushes each stage: on the Redis
+    stack a stage closed by the worker reaches the API process through Redis), and every
+    protocol stage closing on its last answer, not at its deadline."""
     rounds = 3
     document = stack.create_federation("heart", stage_timeout_s=LONG_STAGE_S)
     spec = _spec(document)
@@ -171,8 +188,17 @@ def test_rounds_complete_and_the_global_model_improves(
         done = stack.wait_round("heart", number)
         assert done["stage"] == "completed", done["failure_reason"]
         assert set(_statuses(stack, "heart", done).values()) == {"completed"}
+        assert set(_closed_before_deadline(done)) >= {
+            "advertise_keys",
+            "share_keys",
+            "masked_input",
+            "consistency_check",
+            "unmasking",
+        }, done["stages"]
     for hospital in hospitals:
         assert hospital.wait_exit() == 0, hospital.log_tail()
+        assert hospital.logged("work_pushed", long_poll_s=25.0), hospital.log_tail()
+        assert not hospital.logged("work_polled"), hospital.log_tail()
         status = hospital.status()
         assert status["rounds"]["completed"] == rounds
         budget = status["budget"]

@@ -72,7 +72,7 @@ ROUNDS_BEFORE: Final = 2
 #: How long the browser waits for something to appear (ms).
 EXPECT_MS: Final = 30_000
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("console-browser")]
 
 
 class HonestWork(FixedDeltaWork):

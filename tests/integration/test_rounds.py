@@ -34,6 +34,7 @@ from tests.round_support import FixedDeltaWork, expected_metrics, expected_model
 from tests.seaweedfs import SeaweedS3
 
 from .conftest import (
+    SERVER_START_DEADLINE_S,
     AgentIdentity,
     CoordinatorEnv,
     CoordinatorServer,
@@ -221,7 +222,7 @@ def start_server(env: CoordinatorEnv, log: Path) -> tuple[str, subprocess.Popen[
         except httpx.HTTPError:
             return False
 
-    wait_until(ready, 90, "the restarted coordinator's /readyz")
+    wait_until(ready, SERVER_START_DEADLINE_S, "the restarted coordinator's /readyz")
     return url, process
 
 
@@ -500,3 +501,41 @@ def test_plain_aggregation_is_refused_unless_the_coordinator_allows_it(
         ).json()
         == []
     )
+
+
+def test_a_long_poll_on_one_api_process_is_answered_when_another_process_moves_the_round(
+    coordinator_server: CoordinatorServer, admin_token: str, tmp_path: Path
+) -> None:
+    """Round events cross processes through Redis: an agent long-polls a second API
+    replica, the round starts through the first, and the waiting request answers at once
+    with the new assignment. The replica's own periodic re-read is pushed out of reach
+    (FMTL_WORK_RECHECK_S), so only the published event can answer it before `wait_s`."""
+    import threading
+
+    from federation.round_api import Stage, WorkStatus, work_state
+
+    federation = make_federation(coordinator_server, admin_token, spec_document("events"), 3)
+    env = coordinator_server.env
+    env.variables["FMTL_WORK_RECHECK_S"] = "600"
+    replica_url, replica = start_server(env, tmp_path / "replica.log")
+    try:
+        agent = federation.agents[0]
+        client = CoordinatorClient(replica_url, agent.private_key, agent.profile.key_id)
+        idle = client.work()
+        assert idle.assignment is None
+        answers: list[WorkStatus] = []
+        poll = threading.Thread(
+            target=lambda: answers.append(client.work(wait_s=30.0, seen=work_state(None))),
+            daemon=True,
+        )
+        poll.start()
+        poll.join(3.0)  # the request is waiting in the replica
+        assert poll.is_alive()
+        start_round(coordinator_server.url, federation)  # committed by the first process
+        poll.join(20.0)  # well before the poll's own 30 s
+        assert not poll.is_alive()
+        assert answers[0].assignment is not None
+        assert answers[0].assignment.stage is Stage.ADVERTISE_KEYS
+        client.close()
+    finally:
+        _stop(replica)

@@ -473,11 +473,12 @@ def test_a_long_poll_answers_when_the_stage_changes_and_waits_while_it_does_not(
 ) -> None:
     import threading
 
-    from coordinator.rounds import agent_views
     from federation.round_api import Stage, work_state
 
     # Only an event can wake the poll early: its periodic re-read is pushed out of reach.
-    monkeypatch.setattr(agent_views, "RECHECK_S", 600.0)
+    monkeypatch.setattr(
+        runtime, "settings", runtime.settings.model_copy(update={"work_recheck_s": 600.0})
+    )
     works = works_for(federation, 3)
     parts = [participant(http, a, w) for a, w in zip(agents, works, strict=True)]
     start(runtime, federation.name)

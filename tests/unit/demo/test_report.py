@@ -18,7 +18,7 @@ from fmtl.admin.client import (
     StageInfo,
 )
 from fmtl.demo.record import DemoEvent, DemoRecord, HospitalRecord, LocalModels
-from fmtl.demo.report import main, render_report
+from fmtl.demo.report import main, render_report, round_lines
 
 T0 = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
 HOSPITALS = {"cleveland": 1, "hungarian": 2, "switzerland": 3, "va": 4}
@@ -254,3 +254,18 @@ def test_report_puts_each_hospitals_personalised_figures_beside_the_federated_on
     # The learning curve of disease AUC gains the personalised models' average.
     assert "personalised (average)" in page
     assert record.local_curve("disease", "accuracy", "federated")[-1] == (3, pytest.approx(0.615))
+
+
+def test_the_stage_table_splits_each_round_into_training_and_service_time() -> None:
+    record = _record(2)
+    record.training_s = {1: 1.25}
+    lines = {line.number: line for line in round_lines(record)}
+    assert lines[1].training_s == 1.25
+    assert lines[1].wall_s is not None
+    assert lines[1].service_s is not None
+    assert lines[1].service_s == pytest.approx(max(lines[1].wall_s - 1.25, 0.0))
+    assert lines[2].training_s is None
+    assert lines[2].service_s is None
+    page = render_report(record)
+    assert "training s (slowest hospital)" in page
+    assert "service s" in page
