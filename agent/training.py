@@ -368,13 +368,16 @@ class LocalTrainer:
         trainable: Callable[[MultiTaskModel], list[torch.nn.Parameter]] | None = None,
         stream: int = 2,
         learning_rate: float | None = None,
+        max_grad_norm: float | None = None,
     ) -> NDArray[np.float64]:
         """Plain (never DP) training for a model that never leaves the institution.
 
         `epochs` passes over the training split in Poisson batches of the spec's expected
         size, with exact batch means and the spec's optimizer and learning rate; only the
         parameters `trainable(model)` returns move (all by default; heads of tasks not
-        trained here never), at `learning_rate` when given. Nothing it produces may feed an
+        trained here never), at `learning_rate` when given; with `max_grad_norm`, each
+        step's (batch-mean) gradient is scaled down to at most that norm. Nothing it produces
+        may feed an
         update that is sent: it is for
         personalised models (`agent.personal`), whose results stay local.
         """
@@ -404,7 +407,12 @@ class LocalTrainer:
         for step in range(steps):
             idx = sampling.mask(n, q).nonzero().squeeze(1).to(self.device)
             result = self._plain_step(
-                model, optimizer, _select(train.features, labels, masks, idx), params, None
+                model,
+                optimizer,
+                _select(train.features, labels, masks, idx),
+                params,
+                None,
+                max_grad_norm=max_grad_norm,
             )
             if result is not None and not math.isfinite(float(result[0])):
                 raise TrainingError(f"local training's loss became non-finite at step {step}")
@@ -461,6 +469,8 @@ class LocalTrainer:
         batch: Batch,
         params: list[torch.nn.Parameter],
         anchor: list[torch.Tensor] | None,
+        *,
+        max_grad_norm: float | None = None,
     ) -> LossReport | None:
         features, labels, masks = batch
         if features.shape[0] == 0:
@@ -476,6 +486,8 @@ class LocalTrainer:
             )
         if loss.requires_grad:
             loss.backward()  # type: ignore[no-untyped-call]
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             optimizer.step()
         return report
 

@@ -143,3 +143,20 @@ def test_local_only_training_never_changes_what_a_round_sends(
         sent.append(vectors)
     for plain, personalised in zip(sent[0], sent[1], strict=True):
         np.testing.assert_array_equal(plain, personalised)
+
+
+def test_fine_tuning_on_a_large_featured_encoder_stays_bounded(
+    heart_disease_dir: Path, heart_spec: FederationSpec
+) -> None:
+    # A federated encoder whose weights grew large (as DP-noised server steps can make them):
+    # unbounded SGD on the regression head's squared error diverged here.
+    local = trainer(heart_disease_dir, heart_spec, "cleveland")
+    layout = ParameterLayout.model(heart_spec)
+    grown = start(heart_spec)
+    encoder = layout.segment("encoder")
+    grown[encoder.offset : encoder.end] *= 6.0
+    personal = Personaliser(heart_spec, local, PersonalSettings(fine_tune=FineTune.HEADS))
+    federated_mae = local.evaluate(grown)["max_heart_rate"]["mae"]
+    tuned = personal.fine_tuned(grown)
+    assert np.all(np.isfinite(tuned))
+    assert local.evaluate(tuned)["max_heart_rate"]["mae"] < 3 * federated_mae
