@@ -271,6 +271,7 @@ def run(
 def _status_document(config: AgentConfig) -> dict[str, Any]:
     from agent.enrollment import NotEnrolled, coordinator_url, load_enrollment
     from agent.ledger import MODEL_METRICS_MEMO, Ledger, RoundStatus
+    from agent.refusals import refusals
     from privacy.dp.accountant import epsilon_for
     from privacy.dp.noise import NoiseDraws, sampler_slack
 
@@ -297,8 +298,10 @@ def _status_document(config: AgentConfig) -> dict[str, Any]:
     history: list[tuple[float, float, int]] = []
     model_metrics: dict[str, Any] | None = None
     draws = NoiseDraws()
+    refused: list[dict[str, Any]] = []
     if config.ledger_file.exists():
         with Ledger.open(config.ledger_file) as ledger:
+            refused = refusals(ledger)
             model_metrics = ledger.remembered(MODEL_METRICS_MEMO)
             draws = ledger.noise_draws()
             summary = ledger.summary()
@@ -321,6 +324,8 @@ def _status_document(config: AgentConfig) -> dict[str, Any]:
         "joined": sum(n for status, n in rounds.items() if status != RoundStatus.DECLINED.value),
         "last": last_round,
     }
+    # Rounds this agent's policy refused (agent.round_policy), the latest last.
+    document["refusals"] = refused
     document["training"] = _training_device(config.training.device)
     document["budget"] = {
         "epsilon": privacy.epsilon,
@@ -377,6 +382,7 @@ def status(
 
 def _print_status(document: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -403,6 +409,12 @@ def _print_status(document: dict[str, Any]) -> None:
         last = rounds["last"]
         reason = f" ({last['reason']})" if last["reason"] else ""
         table.add_row("last round", f"{last['round']}: {last['status']}{reason}")
+    if document.get("refusals"):
+        latest = document["refusals"][-1]
+        table.add_row(
+            "[red]last refusal[/]",
+            escape(f"round {latest['round']} ({latest['at']}): {latest['reason']}"),
+        )
     training = document["training"]
     table.add_section()
     if training["device"] is None:

@@ -23,6 +23,7 @@
     delta = 1e-5
     accountant = "rdp"                  # or "prv"
     # share_own_metrics = false         # true: also send its own validation metrics in clear
+    # insecure_allow_unmasked_rounds = false  # NEVER IN PRODUCTION: loopback coordinators only
 
     [neighbour_graph]                   # the SecAgg+ graphs this agent accepts (docs/secagg.md)
     # collusion_fraction = 0.3333       # institutions assumed to collude with the coordinator
@@ -48,6 +49,7 @@ a typo is an error naming the file and the key, never a silently ignored setting
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import tomllib
 from pathlib import Path
@@ -141,6 +143,15 @@ class PrivacySection(_Section):
         "coordinator chooses the model evaluated, so a crafted model can read single "
         "validation records out of an institution's own metrics: turn this on only where "
         "the institution accepts that.",
+    )
+
+    insecure_allow_unmasked_rounds: bool = Field(
+        default=False,
+        description="NEVER IN PRODUCTION. Take part in rounds of a federation whose pinned "
+        "spec says secagg.mode = 'plain': this institution's update then leaves UNMASKED, "
+        "and the coordinator sees it. For benchmarks and tests on one machine: `fmtl agent "
+        "run` refuses it unless the coordinator's URL is loopback. Off, every plain round is "
+        "refused (and a round whose mode differs from the pinned spec always is).",
     )
 
     @field_validator("epsilon", "delta")
@@ -348,11 +359,30 @@ class AgentEnvironment(BaseSettings):
     key_passphrase: SecretStr | None = None
 
 
+def is_loopback_url(url: str) -> bool:
+    """Whether `url`'s host is this machine: `localhost`, 127.0.0.0/8 or ::1 (literally; a
+    name that merely resolves to a loopback address does not count)."""
+    host = urlsplit(url.strip()).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def check_coordinator_url(url: str) -> str:
-    """A coordinator base URL: http(s)://host[:port][/prefix], no query; trailing / removed."""
+    """A coordinator base URL: https://host[:port][/prefix] (http:// only on loopback), no
+    query; trailing / removed. Plain HTTP anywhere else would expose the enrollment token
+    and every round's traffic to the network."""
     parts = urlsplit(url.strip())
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValueError(f"'{url}' is not an http(s) URL (e.g. https://fl.example.org)")
+    if parts.scheme == "http" and not is_loopback_url(url):
+        raise ValueError(
+            f"'{url}': plain http is refused except on loopback (127.0.0.1, ::1, localhost); "
+            "use https://"
+        )
     if parts.query or parts.fragment:
         raise ValueError(f"'{url}' must not have a query or fragment")
     try:
@@ -360,6 +390,17 @@ def check_coordinator_url(url: str) -> str:
     except ValueError:
         raise ValueError(f"'{url}' has an invalid port") from None
     return url.strip().rstrip("/")
+
+
+def refuse_unmasked_off_loopback(config: AgentConfig, url: str) -> None:
+    """`ConfigError` when agent.toml allows unmasked rounds and the coordinator is not on
+    this machine (`fmtl agent run` calls this)."""
+    if config.privacy.insecure_allow_unmasked_rounds and not is_loopback_url(url):
+        raise ConfigError(
+            f"{config.source}: privacy.insecure_allow_unmasked_rounds: refused: the coordinator "
+            f"{url} is not on loopback, and unmasked rounds would hand it this institution's "
+            "update; remove the setting"
+        )
 
 
 def refuse_testing_switches(config: AgentConfig) -> None:
@@ -497,7 +538,9 @@ __all__ = [
     "TestingSection",
     "TrainingSection",
     "check_coordinator_url",
+    "is_loopback_url",
     "load_config",
     "parse_config",
     "refuse_testing_switches",
+    "refuse_unmasked_off_loopback",
 ]

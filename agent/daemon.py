@@ -32,7 +32,12 @@ from typing import Final
 import httpx
 
 from agent.audit_anchor import ANCHOR_FILE, AuditAnchor
-from agent.config import AgentConfig, refuse_testing_switches
+from agent.config import (
+    AgentConfig,
+    check_coordinator_url,
+    refuse_testing_switches,
+    refuse_unmasked_off_loopback,
+)
 from agent.coordinator_client import (
     BadResponse,
     ClientError,
@@ -41,11 +46,13 @@ from agent.coordinator_client import (
     Rejected,
 )
 from agent.enrollment import Enrollment, coordinator_url, load_enrollment
-from agent.errors import AgentError, DataError, TrainingError
-from agent.identity import load_identity
+from agent.errors import AgentError, ConfigError, DataError, TrainingError
+from agent.identity import load_identity, public_key_bytes
 from agent.ledger import Ledger, RoundStatus
 from agent.logging import event, get_logger
+from agent.refusals import ended_in, record_refusal
 from agent.round_participant import Outcome, RoundParticipant, StepResult
+from agent.round_policy import RoundPolicy
 from agent.round_state import ParticipantState, RoundStateStore
 from agent.sources import check_local_data
 from agent.state_store import EncryptedFileStore, StateCorrupted
@@ -368,6 +375,8 @@ class Daemon:
                 self.work.end_round(federation, number, RoundStatus.FAILED, result.detail)
                 self.finished.add((federation, number))
                 event(_log, "round_failed", level=30, round=number, detail=result.detail)
+        elif result.outcome is Outcome.REFUSED and changed:
+            record_refusal(self.ledger, self.work, federation, number, result.detail)
         elif result.outcome is Outcome.DECLINED and changed:
             event(_log, "round_declined_waiting", round=number, detail=result.detail)
         elif changed:
@@ -459,6 +468,12 @@ def run_daemon(
     if not allow_testing_switches:
         refuse_testing_switches(config)
     enrollment = load_enrollment(config)
+    url = coordinator_url(config, enrollment)
+    try:
+        check_coordinator_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"{config.source}: coordinator url: {exc}") from None
+    refuse_unmasked_off_loopback(config, url)
     identity = load_identity(config.key_file, config.key_passphrase)
     dataset = check_local_data(config, enrollment)
     profile = enrollment.profile
@@ -477,13 +492,20 @@ def run_daemon(
                 show_progress=show_progress,
             )
             with _client(config, enrollment, identity) as client:
+                policy = RoundPolicy(
+                    profile,
+                    public_key_bytes(identity),
+                    allow_unmasked=config.privacy.insecure_allow_unmasked_rounds,
+                    ended=ended_in(ledger),
+                    graph=config.neighbour_graph.policy(),
+                )
                 participant = RoundParticipant(
                     client,
                     identity,
                     store,
                     work,
+                    policy=policy,
                     long_poll_s=config.daemon.long_poll_s,
-                    graph_policy=config.neighbour_graph.policy(),
                     audit_anchor=AuditAnchor(
                         config.state_dir / ANCHOR_FILE,
                         profile.coordinator_key,

@@ -4,6 +4,10 @@ The daemon calls `RoundParticipant.step()` in a loop. Each call asks the coordin
 agent's current round (`GET /agent/v1/work`) and performs at most the one stage that round is
 in (Bonawitz et al. 2017, Fig. 4, client side, via `privacy.secagg.ClientRound`):
 
+Before anything of a round is sent, at every stage, `RoundPolicy.check` (agent.round_policy)
+judges the round against the pinned spec, the institution's settings and the signed roster;
+a round it refuses is declined (or left, if the coordinator changed its story mid-round).
+
 | stage | what `step` does |
 |---|---|
 | advertise_keys | decide (join or decline), make the round's key pairs, send the signed advert |
@@ -23,16 +27,17 @@ from __future__ import annotations
 
 import enum
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.audit_anchor import AuditAnchor, HistoryRewritten
 from agent.coordinator_client import ClientError, CoordinatorClient, Rejected
-from agent.local_work import CannotContinue, Decision, LocalWork
+from agent.local_work import CannotContinue, LocalWork
+from agent.round_policy import Refusal, RoundPolicy
 from agent.round_state import DamagedState, ParticipantState, RoundStateStore
 from federation.layout import ParameterLayout
 from federation.round_api import (
@@ -59,15 +64,18 @@ from privacy.secagg import (
     ShareBundle,
     SurvivorSet,
 )
-from privacy.secagg.graph_security import GraphPolicy, check_round_graph
 
 logger = logging.getLogger(__name__)
+
+#: How a refusal's reason starts (`Refusal.reason`), where a left round keeps it.
+REFUSED_PREFIX: Final = "refused ("
 
 
 class Outcome(enum.StrEnum):
     IDLE = "idle"  # no round for this agent
     WAITING = "waiting"  # nothing to do in this stage (already answered, or not ready)
     DECLINED = "declined"
+    REFUSED = "refused"  # the round failed this agent's policy checks (agent.round_policy)
     ADVERTISED = "advertised"
     SHARED = "shared"
     UPLOADED = "uploaded"
@@ -89,11 +97,6 @@ class StepResult:
     my_status: MyStatus | None = None
 
 
-def _wire_reason(text: str) -> str:
-    """`text` in the character set and length a Decline reason allows."""
-    return re.sub(r"[^A-Za-z0-9 _.,:;()/-]+", " ", text)[:200].strip() or "refused"
-
-
 class RoundParticipant:
     """Drives this agent through the coordinator's rounds, one `step()` at a time."""
 
@@ -104,26 +107,23 @@ class RoundParticipant:
         store: RoundStateStore,
         work: LocalWork,
         *,
+        policy: RoundPolicy,
         on_stage: Callable[[StepResult], None] | None = None,
         long_poll_s: float = 0.0,
-        graph_policy: GraphPolicy | None = None,
         audit_anchor: AuditAnchor | None = None,
     ) -> None:
         self.client = client
         self.identity = IdentityKey(identity)
         self.store = store
         self.work = work
+        self.policy = policy
         self.on_stage = on_stage
         #: With > 0, each step after a successful one waits (in the coordinator, up to this
         #: long) until the work differs from what that step saw: the next stage is pushed.
         self.long_poll_s = long_poll_s
-        #: What a SecAgg+ neighbour graph must withstand (agent.toml [neighbour_graph]).
-        self.graph_policy = graph_policy or GraphPolicy()
         #: Checks that the audit checkpoint of each open round extends the last one seen.
         self.audit_anchor = audit_anchor
         self._seen: str | None = None
-        self._spec: FederationSpec | None = None
-        self._spec_fingerprint: str | None = None
 
     @property
     def pushed(self) -> bool:
@@ -173,7 +173,10 @@ class RoundParticipant:
             return StepResult(Outcome.DROPPED, detail="the coordinator dropped this agent")
         state = self._load(key, a)
         if state.abandoned:
-            return StepResult(Outcome.DROPPED, detail=state.abandoned)
+            refused = state.abandoned.startswith(REFUSED_PREFIX)
+            return StepResult(
+                Outcome.REFUSED if refused else Outcome.DROPPED, detail=state.abandoned
+            )
         if self.audit_anchor is not None:
             try:
                 self.audit_anchor.check(a.audit_checkpoint)
@@ -182,9 +185,13 @@ class RoundParticipant:
                 self._save(key, state.with_(abandoned=reason))
                 logger.error("leaving round %s: %s", a.round, reason)
                 return StepResult(Outcome.DROPPED, detail=reason)
+        # Before anything of this round is sent (and again at every stage: the coordinator
+        # may change its story mid-round).
+        refusal = self.policy.check(a, fresh=state.decision is None and state.client_state is None)
+        if refusal is not None:
+            return self._refuse(key, a, state, refusal)
         if state.decision is None:
-            refusal = self._graph_refusal(a)
-            decision = Decision.decline(refusal) if refusal else self.work.decide(a)
+            decision = self.work.decide(a)
             state = state.with_(
                 decision="join" if decision.join else "decline",
                 decline_reason=decision.reason,
@@ -208,17 +215,22 @@ class RoundParticipant:
             logger.warning("leaving round %s: %s", a.round, reason)
             return StepResult(Outcome.DROPPED, detail=reason)
 
-    def _graph_refusal(self, a: RoundAssignment) -> str | None:
-        """Why this agent refuses the round's neighbour graph (before it sends anything), as a
-        decline reason; None when the graph meets agent.toml's [neighbour_graph] policy."""
-        try:
-            problem = check_round_graph(RoundConfig.from_bytes(a.config), self.graph_policy)
-        except SecAggError as exc:  # e.g. a graph seed chosen by the coordinator
-            problem = f"the round config is refused: {exc}"
-        if problem is None:
-            return None
-        logger.warning("refusing round %s: %s", a.round, problem)
-        return _wire_reason(f"refused (graph): {problem}")
+    def _refuse(
+        self, key: str, a: RoundAssignment, state: ParticipantState, refusal: Refusal
+    ) -> StepResult:
+        """Decline a round that fails the policy (leave it, if keys were already made): the
+        decline carries the reason, and nothing else of the round is ever sent."""
+        if state.client_state is None and state.masked_update is None:
+            state = state.with_(decision="decline", decline_reason=refusal.wire_reason)
+        else:
+            state = state.with_(abandoned=refusal.reason[:500])
+        self._save(key, state)
+        if MessageKind.DECLINE not in a.received:
+            try:
+                self.client.decline(a.round, refusal.wire_reason)
+            except Rejected as exc:  # the round moved on: it goes on (or fails) without us
+                logger.info("decline of round %s not taken: %s", a.round, exc.detail)
+        return StepResult(Outcome.REFUSED, detail=refusal.reason)
 
     # -- stages --------------------------------------------------------------------------------
 
@@ -355,9 +367,7 @@ class RoundParticipant:
         return client
 
     def _federation_spec(self, a: RoundAssignment) -> FederationSpec:
-        if self._spec is None or self._spec_fingerprint != a.spec_fingerprint:
-            profile = self.client.profile()
-            if profile.spec_fingerprint != a.spec_fingerprint:
-                raise CannotContinue("the round's federation spec is not the agent's profile's")
-            self._spec, self._spec_fingerprint = profile.spec, profile.spec_fingerprint
-        return self._spec
+        """The spec pinned at enrollment (the policy refused any round of another one)."""
+        if a.spec_fingerprint != self.policy.profile.spec_fingerprint:
+            raise CannotContinue("the round's federation spec is not the pinned one")
+        return self.policy.spec

@@ -203,9 +203,11 @@ def run(n: int, d: int, workers: int, blobs: str = "local") -> tuple[float, floa
     from agent.coordinator_client import CoordinatorClient
     from agent.http_signing import enrollment_proof
     from agent.round_participant import RoundParticipant
+    from agent.round_policy import RoundPolicy
     from agent.round_state import InMemoryRoundStateStore
     from federation.round_api import Receipt
     from federation.spec import FederationSpec
+    from federation.wire import AgentProfile
     from privacy.secagg import MaskedInput
 
     uploads: list[tuple[int, float]] = []
@@ -266,7 +268,12 @@ def run(n: int, d: int, workers: int, blobs: str = "local") -> tuple[float, floa
                 store = InMemoryRoundStateStore()
                 stores.append(store)
                 client = TimedClient(stack.url, key, profile["key_id"], timeout_s=300)
-                parts.append(RoundParticipant(client, key, store, DeltaWork(spec, i)))
+                policy = RoundPolicy(
+                    AgentProfile.model_validate(profile), key.public_key().public_bytes_raw()
+                )
+                parts.append(
+                    RoundParticipant(client, key, store, DeltaWork(spec, i), policy=policy)
+                )
                 progress.advance(task)
         started = http.post("/api/v1/federations/bench/rounds")
         assert started.status_code == 201, started.text

@@ -65,6 +65,7 @@ from agent.coordinator_client import ClientError, CoordinatorClient
 from agent.http_signing import enrollment_proof
 from agent.local_work import Decision, LocalResult
 from agent.round_participant import RoundParticipant
+from agent.round_policy import RoundPolicy
 from agent.round_state import InMemoryRoundStateStore
 from benchmarks.stack_profile import StackSampler, Window, busy_by_window
 from federation.aggregation import local_contribution
@@ -152,8 +153,12 @@ def enroll(
     profile = AgentProfile.model_validate_json(response.content)
     client = CoordinatorClient(base_url, key, profile.key_id, retries=3, backoff_s=0.1)
     work = TrivialWork(spec, seed=profile.institution_id)
+    # A plain benchmark federation pins mode 'plain': these agents opt in (loopback only).
+    policy = RoundPolicy(
+        profile, key.public_key().public_bytes_raw(), allow_unmasked=spec.secagg.mode == "plain"
+    )
     participant = RoundParticipant(
-        client, key, InMemoryRoundStateStore(), work, long_poll_s=long_poll_s
+        client, key, InMemoryRoundStateStore(), work, policy=policy, long_poll_s=long_poll_s
     )
     return LightAgent(name, participant, client)
 

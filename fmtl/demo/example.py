@@ -223,6 +223,7 @@ def agent_config(
     share_own_metrics: bool = False,
     personalisation: Mapping[str, object] | None = None,
     device: str = "cpu",
+    unmasked: bool = False,
 ) -> str:
     """The agent.toml of one hospital: its data mapping, its own budget, its state folder.
 
@@ -234,6 +235,8 @@ def agent_config(
     against (generated example data); `share_own_metrics` opts the hospital in to sending
     its own validation metrics in clear. `personalisation`, when given, is the hospital's
     `[personalisation]` section. `device` is where the agent trains (cpu, cuda or auto).
+    `unmasked` opts the hospital in to the plain (unmasked) rounds of a benchmark
+    federation (`[privacy] insecure_allow_unmasked_rounds`: loopback coordinators only).
     """
     data = dict(hospital.mapping)
     base = data_root if data_root is not None else hospital.mapping_file.parent
@@ -251,6 +254,7 @@ def agent_config(
             "delta": delta,
             "accountant": accountant,
             "share_own_metrics": share_own_metrics,
+            **({"insecure_allow_unmasked_rounds": True} if unmasked else {}),
         },
         "training": {"device": device},
         **({"personalisation": personalisation} if personalisation else {}),

@@ -526,6 +526,7 @@ class DemoRun:
                     share_own_metrics=hospital.name in self.options.share_own_metrics,
                     personalisation=example.personalisation,
                     device=self.options.device,
+                    unmasked=not self.options.secure,
                 ),
                 encoding="utf-8",
             )

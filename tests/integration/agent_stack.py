@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from tests.integration.conftest import (
     SERVER_START_DEADLINE_S,
+    CoordinatorEnv,
     _log_tail,
     _stop,
     free_port,
@@ -379,6 +380,33 @@ def embedded_coordinator(tmp_path: Path) -> Iterator[Stack]:
         yield Stack("sqlite", url, {"Authorization": f"Bearer {token}"})
     finally:
         _stop(process)
+
+
+@contextlib.contextmanager
+def open_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """The stack `request.param` names: "sqlite" (embedded) or "postgres" (PostgreSQL,
+    Redis, a worker and a beat process; the fixtures of tests/integration/conftest.py)."""
+    if request.param == "sqlite":
+        with embedded_coordinator(tmp_path) as embedded:
+            yield embedded
+        return
+    env: CoordinatorEnv = request.getfixturevalue("coordinator_env")
+    env.variables.update(FAST_COORDINATOR)
+    server = request.getfixturevalue("coordinator_server")
+    request.getfixturevalue("celery_worker")
+    token = request.getfixturevalue("admin_token")
+    beat_log = tmp_path / "beat.log"
+    with beat_log.open("wb") as sink:
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "fmtl", "coordinator", "beat"],
+            env=env.process_env(),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield Stack("postgres", server.url, {"Authorization": f"Bearer {token}"})
+    finally:
+        _stop(beat)
 
 
 class TamperingProxy:

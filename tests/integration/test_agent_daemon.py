@@ -29,17 +29,16 @@ from federation.spec import FederationSpec
 
 from .agent_stack import (
     EXAMPLE,
-    FAST_COORDINATOR,
     HOSPITALS,
     ROUND_DEADLINE_S,
     Hospital,
     Stack,
     TamperingProxy,
-    embedded_coordinator,
     enroll_all,
+    open_stack,
     start_all,
 )
-from .conftest import CoordinatorEnv, _stop, wait_until
+from .conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -53,30 +52,8 @@ LONG_STAGE_S = 40.0
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
-    if request.param == "sqlite":
-        with embedded_coordinator(tmp_path) as embedded:
-            yield embedded
-        return
-    env: CoordinatorEnv = request.getfixturevalue("coordinator_env")
-    env.variables.update(FAST_COORDINATOR)
-    server = request.getfixturevalue("coordinator_server")
-    request.getfixturevalue("celery_worker")
-    token = request.getfixturevalue("admin_token")
-    import subprocess
-    import sys
-
-    beat_log = tmp_path / "beat.log"
-    with beat_log.open("wb") as sink:
-        beat = subprocess.Popen(
-            [sys.executable, "-m", "fmtl", "coordinator", "beat"],
-            env=env.process_env(),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield Stack("postgres", server.url, {"Authorization": f"Bearer {token}"})
-    finally:
-        _stop(beat)
+    with open_stack(request, tmp_path) as opened:
+        yield opened
 
 
 @pytest.fixture

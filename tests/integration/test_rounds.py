@@ -24,7 +24,9 @@ import pytest
 import sqlalchemy as sa
 
 from agent.coordinator_client import CoordinatorClient, Rejected
+from agent.identity import public_key_bytes
 from agent.round_participant import Outcome, RoundParticipant
+from agent.round_policy import RoundPolicy
 from agent.round_state import InMemoryRoundStateStore
 from coordinator.db import Database
 from coordinator.rounds.models import SliceState, UnmaskSlice
@@ -115,6 +117,7 @@ def participants(url: str, federation: Federation) -> list[RoundParticipant]:
             agent.private_key,
             InMemoryRoundStateStore(),
             work,
+            policy=RoundPolicy(agent.profile, public_key_bytes(agent.private_key)),
         )
         for agent, work in zip(federation.agents, federation.works, strict=True)
     ]

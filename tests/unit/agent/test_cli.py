@@ -270,3 +270,68 @@ def test_check_says_which_scales_the_institution_uses(tmp_path: Path) -> None:
         for line in lines
     ), result.stdout
     assert not any("from local data" in line for line in lines)
+
+
+def _enrolled_at(tmp_path: Path, coordinator: str) -> None:
+    """A profile.json as `fmtl agent enroll` leaves it (the example's spec)."""
+    from datetime import UTC, datetime
+
+    from agent.enrollment import Enrollment
+    from federation.spec import FederationSpec
+    from federation.wire import AgentProfile
+    from tests.unit.agent.conftest import EXAMPLE
+
+    spec = FederationSpec.model_validate_json((EXAMPLE / "federation.json").read_text())
+    profile = AgentProfile(
+        institution_id=1,
+        key_id="1",
+        institution="cleveland",
+        federation=spec.name,
+        tasks_held=("disease",),
+        enrolled_at=datetime.now(UTC),
+        spec=spec,
+        spec_fingerprint=spec.fingerprint(),
+    )
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700, exist_ok=True)
+    enrollment = Enrollment(
+        coordinator_url=coordinator, profile=profile, stored_at=profile.enrolled_at
+    )
+    (state / "profile.json").write_text(enrollment.model_dump_json())
+
+
+def test_run_refuses_unmasked_rounds_off_loopback(tmp_path: Path) -> None:
+    """The opt-in for plain rounds is for one machine: `fmtl agent run` refuses it when the
+    coordinator is elsewhere, before it loads the key or talks to anyone."""
+    path = write_config(tmp_path)
+    text = path.read_text().replace('url = "http://127.0.0.1:9"\n', "")
+    path.write_text(
+        text.replace("[privacy]\n", "[privacy]\ninsecure_allow_unmasked_rounds = true\n")
+    )
+    _enrolled_at(tmp_path, "https://fl.example.org")
+    result = runner.invoke(app, ["run", "--config", str(path)])
+    assert result.exit_code == EXIT_INPUT
+    line = _one_error_line(result.stderr)
+    assert "privacy.insecure_allow_unmasked_rounds: refused" in line
+    assert "not on loopback" in line
+
+
+def test_run_refuses_an_enrollment_over_plain_http_off_loopback(tmp_path: Path) -> None:
+    """A profile enrolled before https was required is not used over plain HTTP."""
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace('url = "http://127.0.0.1:9"\n', ""))
+    _enrolled_at(tmp_path, "http://fl.example.org")
+    result = runner.invoke(app, ["run", "--config", str(path)])
+    assert result.exit_code == EXIT_INPUT
+    assert "plain http is refused except on loopback" in _one_error_line(result.stderr)
+
+
+def test_enroll_refuses_plain_http_off_loopback(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    result = runner.invoke(
+        app,
+        ["enroll", "--config", str(path), "--coordinator", "http://fl.example.org", "--token", "t"],
+    )
+    assert result.exit_code == EXIT_FAILURE
+    assert "plain http is refused except on loopback" in _one_error_line(result.stderr)
+    assert not (tmp_path / "state" / "identity.key").exists()

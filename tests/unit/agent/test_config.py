@@ -71,7 +71,7 @@ def test_typo_suggests_the_allowed_keys(tmp_path: Path) -> None:
         _load(path)
     assert (
         "privacy.epsiln: unknown setting (allowed here: epsilon, delta, accountant, "
-        "share_own_metrics)" in str(caught.value)
+        "share_own_metrics, insecure_allow_unmasked_rounds)" in str(caught.value)
     )
 
 
@@ -151,3 +151,41 @@ def test_the_neighbour_graph_policy_defaults_to_a_third_colluding_at_2_to_the_mi
         path = write_config(tmp_path, extra=f"[neighbour_graph]\n{wrong}\n")
         with pytest.raises(ConfigError, match="neighbour_graph"):
             _load(path)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://fl.example.org", "http://10.0.0.5:8000", "http://127.0.0.1.example.org"]
+)
+def test_plain_http_is_refused_off_loopback(tmp_path: Path, url: str) -> None:
+    """The enrollment token and every round would cross the network in clear."""
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("http://127.0.0.1:9", url))
+    with pytest.raises(ConfigError, match="plain http is refused except on loopback"):
+        _load(path)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://fl.example.org", "http://127.0.0.1:8000", "http://[::1]:8000", "http://localhost"],
+)
+def test_https_anywhere_and_http_on_loopback_are_accepted(tmp_path: Path, url: str) -> None:
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("http://127.0.0.1:9", url))
+    assert _load(path).coordinator.url == url  # type: ignore[attr-defined]
+
+
+def test_unmasked_rounds_are_off_unless_loudly_allowed(tmp_path: Path) -> None:
+    from agent.config import AgentConfig
+
+    config = _load(write_config(tmp_path))
+    assert isinstance(config, AgentConfig)
+    assert config.privacy.insecure_allow_unmasked_rounds is False
+    allowed = _load(_with_privacy(tmp_path, "insecure_allow_unmasked_rounds = true"))
+    assert isinstance(allowed, AgentConfig)
+    assert allowed.privacy.insecure_allow_unmasked_rounds is True
+
+
+def _with_privacy(tmp_path: Path, line: str) -> Path:
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("[privacy]\n", f"[privacy]\n{line}\n"))
+    return path

@@ -17,7 +17,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from agent.coordinator_client import CoordinatorClient, Rejected
+from agent.identity import public_key_bytes
 from agent.round_participant import Outcome, RoundParticipant
+from agent.round_policy import RoundPolicy
 from agent.round_state import InMemoryRoundStateStore
 from coordinator import tasks
 from coordinator.audit import service as audit
@@ -113,7 +115,9 @@ def agents(session: Session, settings: Settings, federation: Federation) -> list
     ]
 
 
-def participant(http: TestClient, agent: EnrolledAgent, work: FixedDeltaWork) -> RoundParticipant:
+def participant(
+    http: TestClient, agent: EnrolledAgent, work: FixedDeltaWork, *, allow_unmasked: bool = False
+) -> RoundParticipant:
     client = CoordinatorClient(
         "http://testserver",
         agent.private_key,
@@ -121,7 +125,12 @@ def participant(http: TestClient, agent: EnrolledAgent, work: FixedDeltaWork) ->
         transport=http._transport,
         retries=0,
     )
-    return RoundParticipant(client, agent.private_key, InMemoryRoundStateStore(), work)
+    policy = RoundPolicy(
+        client.profile(), public_key_bytes(agent.private_key), allow_unmasked=allow_unmasked
+    )
+    return RoundParticipant(
+        client, agent.private_key, InMemoryRoundStateStore(), work, policy=policy
+    )
 
 
 def works_for(federation: Federation, count: int) -> list[FixedDeltaWork]:
@@ -365,7 +374,10 @@ def test_plain_aggregation_runs_only_where_the_coordinator_allows_it(
         for i, held in enumerate(TASKS_HELD)
     ]
     works = works_for(federation, 3)
-    parts = [participant(http, a, w) for a, w in zip(agents, works, strict=True)]
+    # Institutions that opted into unmasked rounds (agent.toml; loopback only).
+    parts = [
+        participant(http, a, w, allow_unmasked=True) for a, w in zip(agents, works, strict=True)
+    ]
     name = federation.name
     with pytest.raises(InvalidInput, match="FMTL_ALLOW_PLAIN_AGGREGATION"):
         engine.start_round(session, runtime.blobs, runtime.settings, name, actor=TEST_ACTOR)

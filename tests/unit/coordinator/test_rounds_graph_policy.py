@@ -14,9 +14,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from agent.coordinator_client import CoordinatorClient
+from agent.identity import public_key_bytes
 from agent.round_participant import Outcome, RoundParticipant
+from agent.round_policy import RoundPolicy
 from agent.round_state import InMemoryRoundStateStore
 from coordinator.federations.models import Federation
+from coordinator.federations.service import create_federation
 from coordinator.rounds import engine
 from coordinator.rounds.models import (
     ParticipantStatus,
@@ -30,7 +33,7 @@ from coordinator.settings import Settings
 from privacy.secagg import GraphPolicy, NeighbourGraph
 from tests.round_support import FixedDeltaWork, expected_model
 
-from .conftest import EnrolledAgent, enroll_agent
+from .conftest import TEST_ACTOR, EnrolledAgent, enroll_agent, heart_spec
 from .test_rounds_engine import (  # noqa: F401 - fixtures
     agents,
     http,
@@ -53,9 +56,19 @@ def _participant(
         transport=http._transport,
         retries=0,
     )
+    round_policy = RoundPolicy(client.profile(), public_key_bytes(agent.private_key), graph=policy)
     return RoundParticipant(
-        client, agent.private_key, InMemoryRoundStateStore(), work, graph_policy=policy
+        client, agent.private_key, InMemoryRoundStateStore(), work, policy=round_policy
     )
+
+
+@pytest.fixture
+def federation(session: Session) -> Federation:
+    """The heart federation with the SecAgg+ graph at every size (the graph's strength, not
+    its presence, is what these tests are about)."""
+    spec = heart_spec()
+    secagg = spec.secagg.model_copy(update={"neighbour_graph": "always"})
+    return create_federation(session, spec.model_copy(update={"secagg": secagg}), actor=TEST_ACTOR)
 
 
 @pytest.fixture
@@ -83,7 +96,7 @@ def test_honest_agents_refuse_a_too_weak_graph_before_sending_anything(
     parts = [_participant(http, a, w, None) for a, w in zip(everyone, works, strict=True)]
     round_id = start(runtime, federation.name)
     results = [part.step() for part in parts]
-    assert [r.outcome for r in results] == [Outcome.DECLINED] * 4
+    assert [r.outcome for r in results] == [Outcome.REFUSED] * 4
     assert all("refused (graph)" in r.detail for r in results)
     done = run_until(runtime, parts, RoundStage.FAILED, round_id)
     assert done.stage is RoundStage.FAILED
