@@ -5,6 +5,7 @@
     fmtl agent propose-scales --config agent.toml
     fmtl agent run    --config agent.toml [--log-format json] [--max-rounds N | --once]
     fmtl agent status --config agent.toml [--json]
+    fmtl agent accept-spec --config agent.toml [--yes]
 
 Every failure is one line on stderr (`error: <file>: <key>: what to fix`) and a non-zero
 exit status, never a traceback: 2 for input to fix (agent.toml, the data, the command
@@ -18,11 +19,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Final, NoReturn
+from typing import Annotated, Final, NoReturn
 
 import typer
 
-from agent.config import AgentConfig, load_config, refuse_testing_switches
+from agent.config import load_config, refuse_testing_switches
 from agent.errors import AgentError, ConfigError, DataError
 from agent.logging import LogFormat, configure
 
@@ -96,6 +97,17 @@ def enroll(
             "agent.toml)."
         ),
     ] = None,
+    roster_key: Annotated[
+        str | None,
+        typer.Option(
+            "--roster-key",
+            help="Fingerprint of the federation admin's roster key, from the admin (out of "
+            "band: `fmtl admin roster-key` prints it). Pinned: rounds are joined only with "
+            "peers on a roster signed by this key.",
+            envvar="FMTL_AGENT_ROSTER_KEY",
+            show_envvar=True,
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing identity and enrollment.")
     ] = False,
@@ -141,10 +153,20 @@ def enroll(
                 "--coordinator: missing; give the coordinator's URL (or set [coordinator] url "
                 f"in {config.source})"
             )
+        if not roster_key:
+            raise ConfigError(
+                "--roster-key: missing; give the fingerprint of the federation admin's roster "
+                "key (ask the admin: `fmtl admin roster-key` prints it)"
+            )
         precheck_columns(config)
         key = load_identity(config.key_file, config.key_passphrase) if existing_key else None
         enrollment, identity = enroll_agent(
-            config, coordinator=url, token=token, force=force, identity=key
+            config,
+            coordinator=url,
+            token=token,
+            roster_key=roster_key,
+            force=force,
+            identity=key,
         )
         if force:
             EncryptedFileStore(config.rounds_dir, identity).clear()
@@ -153,7 +175,11 @@ def enroll(
             f"enrolled '{profile.institution}' in federation '{profile.federation}' "
             f"(key id {profile.key_id}, tasks: {', '.join(profile.tasks_held)})"
         )
-        typer.echo(f"identity key: {config.key_file}")
+        typer.echo(
+            f"identity key: {config.key_file} (fingerprint {enrollment.identity_fingerprint}: "
+            "the admin checks it before signing the roster)"
+        )
+        typer.echo(f"pinned roster key: {enrollment.roster_key}")
         typer.echo(f"state folder: {config.state_dir}")
         dataset = check_local_data(config, enrollment)
         typer.echo(
@@ -188,6 +214,50 @@ def check(config_file: ConfigOption = Path("agent.toml")) -> None:
             typer.echo(f"  {line}")
         if dataset.scaling is not None:
             typer.echo(f"  {dataset.scaling.describe()}")
+
+
+@app.command("accept-spec")
+def accept_spec(
+    config_file: ConfigOption = Path("agent.toml"),
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Pin the coordinator's spec without asking.")
+    ] = False,
+) -> None:
+    """Show how the coordinator's federation spec differs from the pinned one; pin it on consent.
+
+    Rounds of any spec but the pinned one are refused; this is the only way to change it."""
+    with _readable_errors():
+        import json as json_module
+
+        from agent.daemon import _client
+        from agent.enrollment import load_enrollment
+        from agent.identity import load_identity, write_private_file
+        from agent.spec_change import check_offered, pinned_with
+
+        configure(LogFormat.TEXT, level="WARNING")
+        config = load_config(config_file)
+        enrollment = load_enrollment(config)
+        identity = load_identity(config.key_file, config.key_passphrase)
+        with _client(config, enrollment, identity) as client:
+            offered = client.profile()
+        changes = check_offered(enrollment, offered)
+        if not changes:
+            typer.echo(f"the pinned spec is the coordinator's ({enrollment.spec_fingerprint})")
+            return
+        typer.echo(
+            f"the coordinator's spec of '{offered.federation}' differs from the pinned one "
+            f"({enrollment.spec_fingerprint[:12]} -> {offered.spec_fingerprint[:12]}):"
+        )
+        for line in changes:
+            typer.echo(f"  {line}")
+        if not yes and not typer.confirm("Pin the new spec (rounds of it will be joined)?"):
+            _fail("not accepted; rounds of the new spec keep being refused")
+        accepted = pinned_with(enrollment, offered)
+        write_private_file(
+            config.profile_file,
+            json_module.dumps(accepted.model_dump(mode="json"), indent=2).encode("utf-8"),
+        )
+        typer.echo(f"pinned spec {offered.spec_fingerprint}")
 
 
 @app.command("propose-scales")
@@ -268,103 +338,6 @@ def run(
         raise typer.Exit(run_daemon(config, max_rounds=limit, show_progress=show_progress))
 
 
-def _status_document(config: AgentConfig) -> dict[str, Any]:
-    from agent.enrollment import NotEnrolled, coordinator_url, load_enrollment
-    from agent.ledger import MODEL_METRICS_MEMO, Ledger, RoundStatus
-    from agent.refusals import refusals
-    from privacy.dp.accountant import epsilon_for
-    from privacy.dp.noise import NoiseDraws, sampler_slack
-
-    document: dict[str, Any] = {"config": str(config.source), "state_dir": str(config.state_dir)}
-    try:
-        enrollment = load_enrollment(config)
-    except NotEnrolled:
-        document["enrolled"] = False
-    else:
-        profile = enrollment.profile
-        document["enrolled"] = True
-        document["enrollment"] = {
-            "institution": profile.institution,
-            "federation": profile.federation,
-            "key_id": profile.key_id,
-            "coordinator": coordinator_url(config, enrollment),
-            "tasks_held": list(profile.tasks_held),
-            "enrolled_at": profile.enrolled_at.isoformat(),
-            "spec_fingerprint": profile.spec_fingerprint,
-        }
-    privacy = config.privacy
-    rounds: dict[str, int] = {status.value: 0 for status in RoundStatus}
-    last_round: dict[str, Any] | None = None
-    history: list[tuple[float, float, int]] = []
-    model_metrics: dict[str, Any] | None = None
-    draws = NoiseDraws()
-    refused: list[dict[str, Any]] = []
-    if config.ledger_file.exists():
-        with Ledger.open(config.ledger_file) as ledger:
-            refused = refusals(ledger)
-            model_metrics = ledger.remembered(MODEL_METRICS_MEMO)
-            draws = ledger.noise_draws()
-            summary = ledger.summary()
-            rounds = {status.value: n for status, n in summary.rounds.items()}
-            history = ledger.history()
-            entries = ledger.rounds()
-            if entries:
-                last = entries[-1]
-                last_round = {
-                    "federation": last.federation,
-                    "round": last.round,
-                    "status": last.status.value,
-                    "reason": last.reason,
-                    "updated_at": last.updated_at.isoformat(),
-                }
-    spent = epsilon_for(history, privacy.delta, privacy.accountant)
-    slack = sampler_slack(draws)
-    document["rounds"] = {
-        **rounds,
-        "joined": sum(n for status, n in rounds.items() if status != RoundStatus.DECLINED.value),
-        "last": last_round,
-    }
-    # Rounds this agent's policy refused (agent.round_policy), the latest last.
-    document["refusals"] = refused
-    document["training"] = _training_device(config.training.device)
-    document["budget"] = {
-        "epsilon": privacy.epsilon,
-        "delta": privacy.delta,
-        "accountant": privacy.accountant,
-        "epsilon_spent": spent,
-        "epsilon_left": max(0.0, privacy.epsilon - spent),
-        "trainings": len(history),
-        # What the noise sampler adds to (ε, δ) (privacy/dp/noise.py), reserved in the budget.
-        "sampler_slack_epsilon": slack.epsilon,
-        "sampler_slack_delta": slack.delta(0.0),
-        "noise_pairs": draws.pairs,
-    }
-    # Local only: the federated and the personalised model on the local validation split,
-    # measured at the start of each round trained (never sent as such); the latest first.
-    history = (model_metrics or {}).get("history", [])
-    document["models"] = {"latest": history[-1] if history else None, "history": history}
-    return document
-
-
-def _training_device(setting: str) -> dict[str, Any]:
-    """Where training runs: the configured device, what it resolves to here, and the GPU."""
-    import torch
-
-    from agent.training import resolve_device
-
-    document: dict[str, Any] = {"configured": setting}
-    try:
-        device = resolve_device(setting)
-    except ConfigError as exc:
-        document["device"] = None
-        document["problem"] = str(exc)
-        return document
-    document["device"] = device.type
-    if device.type == "cuda":
-        document["gpu"] = torch.cuda.get_device_name(device)
-    return document
-
-
 @app.command()
 def status(
     config_file: ConfigOption = Path("agent.toml"),
@@ -372,94 +345,14 @@ def status(
 ) -> None:
     """Enrollment, rounds joined / declined / completed, and the privacy budget spent / left."""
     with _readable_errors():
+        from agent.status import print_status, status_document
+
         config = load_config(config_file)
-        document = _status_document(config)
+        document = status_document(config)
         if as_json:
             typer.echo(json.dumps(document, indent=2))
             return
-        _print_status(document)
-
-
-def _print_status(document: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = Console()
-    table = Table(title="fmtl agent", show_header=False, title_justify="left")
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    if document["enrolled"]:
-        enrollment = document["enrollment"]
-        table.add_row("institution", enrollment["institution"])
-        table.add_row("federation", enrollment["federation"])
-        table.add_row("key id", enrollment["key_id"])
-        table.add_row("coordinator", enrollment["coordinator"])
-        table.add_row("tasks held", ", ".join(enrollment["tasks_held"]))
-        table.add_row("enrolled at", enrollment["enrolled_at"])
-    else:
-        table.add_row("enrollment", "[yellow]not enrolled[/] (fmtl agent enroll ...)")
-    rounds = document["rounds"]
-    table.add_section()
-    table.add_row("rounds joined", str(rounds["joined"]))
-    table.add_row("rounds completed", str(rounds["completed"]))
-    table.add_row("rounds declined", str(rounds["declined"]))
-    table.add_row("rounds dropped / failed", f"{rounds['dropped']} / {rounds['failed']}")
-    if rounds["last"]:
-        last = rounds["last"]
-        reason = f" ({last['reason']})" if last["reason"] else ""
-        table.add_row("last round", f"{last['round']}: {last['status']}{reason}")
-    if document.get("refusals"):
-        latest = document["refusals"][-1]
-        table.add_row(
-            "[red]last refusal[/]",
-            escape(f"round {latest['round']} ({latest['at']}): {latest['reason']}"),
-        )
-    training = document["training"]
-    table.add_section()
-    if training["device"] is None:
-        device = f"[red]{training['problem']}[/]"
-    elif training["device"] == "cuda":
-        device = f"[green]cuda[/] ({training['gpu']}; configured {training['configured']})"
-    else:
-        device = f"cpu (configured {training['configured']}; no CUDA device here)"
-        if training["configured"] == "cpu":
-            device = "cpu (configured cpu)"
-    table.add_row("training device", device)
-    budget = document["budget"]
-    table.add_section()
-    table.add_row(
-        "privacy budget",
-        f"ε = {budget['epsilon']:g}, δ = {budget['delta']:g} ({budget['accountant']})",
-    )
-    share = budget["epsilon_spent"] / budget["epsilon"] if budget["epsilon"] else 0.0
-    colour = "green" if share < 0.8 else "yellow" if share < 1.0 else "red"
-    table.add_row(
-        "ε spent / left",
-        f"[{colour}]{budget['epsilon_spent']:.3f}[/] / {budget['epsilon_left']:.3f} "
-        f"({100 * share:.0f}% spent, {budget['trainings']} trainings)",
-    )
-    table.add_row(
-        "noise sampler's slack",
-        f"ε + {budget['sampler_slack_epsilon']:.2g}, δ + {budget['sampler_slack_delta']:.2g} "
-        f"over {budget['noise_pairs']:,} noise pairs (reserved in the budget)",
-    )
-    models = (document.get("models") or {}).get("latest")
-    if models:
-        table.add_section()
-        table.add_row("models (local)", f"validation split, start of round {models['round']}")
-        for task, values in models["global"].items():
-            line = _metric_line(values)
-            personal = (models.get("personal") or {}).get(task)
-            if personal is not None:
-                line = f"federated {line}  |  personalised {_metric_line(personal)}"
-            table.add_row(f"  {task}", line)
-    console.print(table)
-
-
-def _metric_line(values: dict[str, float]) -> str:
-    shown = ("auc", "accuracy", "balanced_accuracy", "ece", "mae")
-    return ", ".join(f"{name} {values[name]:.3f}" for name in shown if name in values)
+        print_status(document)
 
 
 __all__ = ["app"]

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from agent.http_signing import RequestSigner, SignatureAuth
 from federation.attestation import AuditCheckpoint, CheckpointPage
+from federation.roster import SignedRoster
 from federation.round_api import (
     BINARY_MEDIA_TYPE,
     LONG_POLL_HEADER,
@@ -203,6 +204,11 @@ class CoordinatorClient:
             "GET", f"{AGENT_API_PREFIX}/audit/checkpoints", params={"after": str(after)}
         )
         return _parse(response, CheckpointPage).checkpoints
+
+    def roster(self) -> SignedRoster:
+        """The federation's newest signed roster, as the coordinator relays it (the agent
+        verifies it against the admin key it pinned: `agent.roster`)."""
+        return self._get(f"{AGENT_API_PREFIX}/roster", SignedRoster)
 
     def work(self, *, wait_s: float = 0.0, seen: str | None = None) -> WorkStatus:
         """The agent's work; with `wait_s` and `seen` a long poll: the coordinator answers

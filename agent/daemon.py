@@ -51,6 +51,7 @@ from agent.identity import load_identity, public_key_bytes
 from agent.ledger import Ledger, RoundStatus
 from agent.logging import event, get_logger
 from agent.refusals import ended_in, record_refusal
+from agent.roster import SignedRosterCheck
 from agent.round_participant import Outcome, RoundParticipant, StepResult
 from agent.round_policy import RoundPolicy
 from agent.round_state import ParticipantState, RoundStateStore
@@ -474,6 +475,11 @@ def run_daemon(
     except ValueError as exc:
         raise ConfigError(f"{config.source}: coordinator url: {exc}") from None
     refuse_unmasked_off_loopback(config, url)
+    if enrollment.roster_key is None:
+        raise ConfigError(
+            f"{config.profile_file}: no roster key pinned (enrolled before signed rosters); "
+            "enroll again: fmtl agent enroll --force --roster-key FINGERPRINT ..."
+        )
     identity = load_identity(config.key_file, config.key_passphrase)
     dataset = check_local_data(config, enrollment)
     profile = enrollment.profile
@@ -498,6 +504,9 @@ def run_daemon(
                     allow_unmasked=config.privacy.insecure_allow_unmasked_rounds,
                     ended=ended_in(ledger),
                     graph=config.neighbour_graph.policy(),
+                    roster=SignedRosterCheck(
+                        enrollment.roster_key, profile.federation, client.roster, ledger
+                    ),
                 )
                 participant = RoundParticipant(
                     client,

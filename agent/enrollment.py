@@ -34,6 +34,7 @@ from agent.identity import (
     write_private_file,
 )
 from agent.logging import event, get_logger
+from federation.roster import key_fingerprint, normalise_fingerprint
 from federation.wire import AGENT_API_PREFIX, AgentProfile, EnrollmentRequest
 
 #: RFC 9457 problem types of the coordinator start with this (coordinator/api/problems.py).
@@ -59,6 +60,11 @@ class Enrollment(BaseModel):
     coordinator_url: str
     profile: AgentProfile
     stored_at: datetime
+    #: Fingerprint of the federation admin's roster key, pinned at enrollment
+    #: (`--roster-key`): only rosters signed by it are taken (agent.roster).
+    roster_key: str | None = None
+    #: Fingerprint of this agent's own identity key (what the admin checks it signs).
+    identity_fingerprint: str | None = None
 
     @property
     def spec_fingerprint(self) -> str:
@@ -165,18 +171,26 @@ def enroll(
     *,
     coordinator: str,
     token: str,
+    roster_key: str,
     force: bool = False,
     identity: Ed25519PrivateKey | None = None,
 ) -> tuple[Enrollment, Ed25519PrivateKey]:
     """Enroll with `token` at `coordinator`; stores the key and the profile on success only.
 
-    With `identity` given (a key made beforehand, e.g. mounted from a Kubernetes secret at
-    the configured key file), that key is enrolled and no key file is written.
+    `roster_key` is the fingerprint of the federation admin's roster key, from the admin
+    (out of band): it is pinned. A fresh identity key is made for every enrollment; with
+    `identity` given (a key made beforehand, e.g. mounted from a Kubernetes secret at the
+    configured key file), that key is enrolled and no key file is written (the coordinator
+    refuses a key already enrolled anywhere).
     """
     try:
         url = check_coordinator_url(coordinator)
     except ValueError as exc:
         raise EnrollmentError(f"--coordinator: {exc}") from None
+    try:
+        pinned = normalise_fingerprint(roster_key)
+    except ValueError as exc:
+        raise EnrollmentError(f"--roster-key: {exc}") from None
     token = token.strip()
     key_file = config.key_file
     existing_key = identity is not None
@@ -219,7 +233,13 @@ def enroll(
             with contextlib.suppress(FileNotFoundError):
                 staged.unlink()
             raise
-    enrollment = Enrollment(coordinator_url=url, profile=profile, stored_at=datetime.now(UTC))
+    enrollment = Enrollment(
+        coordinator_url=url,
+        profile=profile,
+        stored_at=datetime.now(UTC),
+        roster_key=pinned,
+        identity_fingerprint=key_fingerprint(public_key_bytes(private_key)),
+    )
     write_private_file(
         config.profile_file,
         json.dumps(enrollment.model_dump(mode="json"), indent=2).encode("utf-8"),
@@ -232,6 +252,7 @@ def enroll(
         key_id=profile.key_id,
         coordinator=url,
         spec_fingerprint=profile.spec_fingerprint[:16],
+        roster_key=pinned[:16],
         encrypted_key=config.key_passphrase is not None,
     )
     return enrollment, private_key

@@ -33,6 +33,8 @@ from coordinator.institutions.views import router as institutions_router
 from coordinator.ledger.views import router as ledger_router
 from coordinator.model_versions.views import router as models_router
 from coordinator.results.views import router as results_router
+from coordinator.rosters.views import agent_router as roster_agent_router
+from coordinator.rosters.views import router as roster_router
 from coordinator.rounds.agent_views import router as round_agent_router
 from coordinator.rounds.agent_views import upload_router as round_upload_router
 from coordinator.rounds.events import RedisSubscriber
@@ -93,6 +95,7 @@ def create_app(settings: Settings, *, start_embedded_worker: bool = True) -> Fas
         tokens_router,
         federations_router,
         institutions_router,
+        roster_router,
         rounds_router,
         models_router,
         results_router,
@@ -100,6 +103,7 @@ def create_app(settings: Settings, *, start_embedded_worker: bool = True) -> Fas
         audit_router,
         agent_router,
         audit_agent_router,
+        roster_agent_router,
         round_agent_router,
         round_upload_router,
         console_router,

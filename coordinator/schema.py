@@ -13,6 +13,7 @@ from coordinator.institutions.models import EnrollmentToken, Institution, instit
 from coordinator.ledger.models import PrivacySpend
 from coordinator.model_versions.models import ModelVersion
 from coordinator.results.models import TaskMetric
+from coordinator.rosters.models import RosterVersion
 from coordinator.rounds.models import (
     MaskedUpdate,
     Participant,
@@ -37,6 +38,7 @@ __all__ = [
     "Participant",
     "PrivacySpend",
     "ProtocolRecord",
+    "RosterVersion",
     "Round",
     "RoundRecord",
     "RoundStageRecord",

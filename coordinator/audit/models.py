@@ -26,6 +26,7 @@ class AuditAction(enum.StrEnum):
     INSTITUTION_INVITED = "institution.invited"
     INSTITUTION_ENROLLED = "institution.enrolled"
     INSTITUTION_REVOKED = "institution.revoked"
+    ROSTER_PUBLISHED = "roster.published"
     ROUND_CREATED = "round.created"
     ROUND_STAGE_CHANGED = "round.stage_changed"
     ROUND_MESSAGE_ACCEPTED = "round.message_accepted"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,6 +35,11 @@ class InstitutionOut(BaseModel):
     state: EnrollmentState
     tasks: list[str]
     key_fingerprint: str | None = Field(description="SHA-256 of the identity public key.")
+    public_key: str | None = Field(
+        default=None,
+        description="The Ed25519 identity public key (URL-safe base64), what the admin signs "
+        "into the roster.",
+    )
     invited_at: datetime
     enrolled_at: datetime | None
     revoked_at: datetime | None
@@ -48,6 +54,7 @@ class InstitutionOut(BaseModel):
             state=institution.state,
             tasks=[task.name for task in institution.tasks],
             key_fingerprint=None if key is None else key_fingerprint(key),
+            public_key=None if key is None else base64.urlsafe_b64encode(key).decode().rstrip("="),
             invited_at=institution.invited_at,
             enrolled_at=institution.enrolled_at,
             revoked_at=institution.revoked_at,

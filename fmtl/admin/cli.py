@@ -375,3 +375,7 @@ def verify_report(
     if not verdict.ok:
         raise typer.Exit(1)
     typer.echo(f"verified: privacy report of {verdict.federation}, key {verdict.key_id}")
+
+
+# The roster commands register themselves on `app` (fmtl/admin/roster_cli.py).
+from fmtl.admin import roster_cli as _roster_cli  # noqa: E402, F401

@@ -19,6 +19,8 @@ from typing import Any, Final, TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
+from federation.roster import SignedRoster
+
 #: Pause between attempts to start a round while the previous one is still finishing.
 START_RETRY_S: Final = 0.5
 #: Seconds to wait for one API call (the API answers from the database; rounds run elsewhere).
@@ -53,6 +55,7 @@ class InstitutionInfo(_Out):
     state: str
     tasks: list[str]
     key_fingerprint: str | None = None
+    public_key: str | None = None
     invited_at: datetime | None = None
     enrolled_at: datetime | None = None
     revoked_at: datetime | None = None
@@ -298,6 +301,24 @@ class AdminClient:
     def institutions(self, federation: str) -> list[InstitutionInfo]:
         response = self._call("GET", f"/api/v1/federations/{federation}/institutions")
         return self._parse(response, list[InstitutionInfo])
+
+    def roster(self, federation: str) -> SignedRoster | None:
+        """The newest signed roster, or None when the federation has none yet."""
+        try:
+            response = self._call("GET", f"/api/v1/federations/{federation}/roster")
+        except AdminError as exc:
+            if exc.status == 404 and "no signed roster" in str(exc):
+                return None
+            raise
+        return self._parse(response, SignedRoster)
+
+    def publish_roster(self, federation: str, signed: SignedRoster) -> dict[str, Any]:
+        response = self._call(
+            "PUT",
+            f"/api/v1/federations/{federation}/roster",
+            json=signed.model_dump(mode="json"),
+        )
+        return self._parse(response, dict[str, Any])
 
     def start_round(self, federation: str) -> RoundInfo:
         response = self._call("POST", f"/api/v1/federations/{federation}/rounds", json={})

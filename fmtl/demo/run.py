@@ -54,6 +54,7 @@ from rich.progress import (
 
 from fmtl.admin import tables
 from fmtl.admin.client import AdminClient, AdminError, RoundInfo
+from fmtl.admin.roster import create_roster_key, public_fingerprint, publish_next
 from fmtl.demo.example import (
     Example,
     Hospital,
@@ -299,6 +300,8 @@ class DemoRun:
             raise DemoError(f"{self.run_dir} is not empty: choose another --out folder")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(exist_ok=True)
+        # The federation admin's roster key (`fmtl admin roster-key`): hospitals pin it.
+        self.roster_key = create_roster_key(self.run_dir / "admin-roster.key")
 
     def _run(self, example: Example, started: datetime) -> DemoOutcome:
         options = self.options
@@ -318,6 +321,8 @@ class DemoRun:
                 }
                 status.update("enrolling the hospitals' agents...")
                 self._enroll(example, {k: v.enrollment_token for k, v in invitations.items()})
+                # The admin signs the roster of the enrolled hospitals (agents pinned its key).
+                publish_next(admin, self.federation, self.roster_key)
                 ids = {item.name: item.id for item in admin.institutions(self.federation)}
         say(
             f"coordinator at {self.url}; federation '{self.federation}'; enrolled "
@@ -535,7 +540,14 @@ class DemoRun:
                 self.children.start(
                     f"agent-{hospital.name}-enroll",
                     fmtl_command(
-                        "agent", "enroll", "--coordinator", self.url, "--config", str(config)
+                        "agent",
+                        "enroll",
+                        "--coordinator",
+                        self.url,
+                        "--config",
+                        str(config),
+                        "--roster-key",
+                        public_fingerprint(self.roster_key),
                     ),
                     # In the environment, not the command line (process listings show that).
                     {**self._agent_env(), ENROLLMENT_TOKEN_ENV: tokens[hospital.name]},

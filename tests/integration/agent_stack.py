@@ -25,6 +25,7 @@ from typing import Any, Final
 import httpx
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from numpy.typing import NDArray
 
 from tests.integration.conftest import (
@@ -50,11 +51,28 @@ FAST_COORDINATOR: Final = {
 
 @dataclass
 class Stack:
-    """A running coordinator and an admin's headers."""
+    """A running coordinator, an admin's headers, and the admin's roster key."""
 
     kind: str
     url: str
     admin: dict[str, str]
+    roster_key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+
+    @property
+    def roster_fingerprint(self) -> str:
+        """What institutions pin at enrollment (`fmtl agent enroll --roster-key`)."""
+        from fmtl.admin.roster import public_fingerprint
+
+        return public_fingerprint(self.roster_key)
+
+    def publish_roster(self, federation: str) -> int:
+        """Sign and publish the next roster version (every enrolled institution)."""
+        from fmtl.admin.client import AdminClient
+        from fmtl.admin.roster import publish_next
+
+        token = self.admin["Authorization"].removeprefix("Bearer ")
+        with AdminClient(self.url, token) as client:
+            return publish_next(client, federation, self.roster_key)
 
     def post(self, path: str, body: object | None = None) -> dict[str, Any]:
         answer = httpx.post(self.url + path, json=body, headers=self.admin, timeout=30)
@@ -142,6 +160,8 @@ class Hospital:
     passphrase: str | None = None
     #: Make the key beforehand (as for a Kubernetes secret) and `enroll --existing-key`.
     existing_key: bool = False
+    #: The admin's roster key fingerprint, pinned at enrollment (`Stack.roster_fingerprint`).
+    roster_key: str = ""
     process: subprocess.Popen[bytes] | None = None
     runs: int = 0
     logs: list[Path] = field(default_factory=list)
@@ -190,7 +210,9 @@ shutdown_grace_s = 5
     def enroll(self, token: str) -> subprocess.Popen[str]:
         """`fmtl agent enroll` (started; `.communicate()` it)."""
         self.write_config()
-        args = []
+        if not self.roster_key:
+            pytest.fail(f"{self.name}: no roster key to pin (Hospital.roster_key)")
+        args = ["--roster-key", self.roster_key]
         if self.existing_key:
             from agent.identity import generate_identity, save_identity
 
@@ -312,20 +334,29 @@ def enroll_all(
     """Invite every hospital and enroll its agent: with `fmtl agent enroll` processes (in
     parallel) when `cli`, else with the same enrollment code in this process (quicker)."""
     tokens = {h.name: stack.invite(federation, h.name, h.tasks) for h in hospitals}
+    for hospital in hospitals:
+        hospital.roster_key = stack.roster_fingerprint
     if cli:
         running = [(h, h.enroll(tokens[h.name])) for h in hospitals]
         for hospital, process in running:
             out, err = process.communicate(timeout=300)
             assert process.returncode == 0, f"{hospital.name}: {err}"
             assert f"enrolled '{hospital.name}'" in out
-        return
-    from agent.config import AgentEnvironment, load_config
-    from agent.enrollment import enroll
+    else:
+        from agent.config import AgentEnvironment, load_config
+        from agent.enrollment import enroll
 
-    for hospital in hospitals:
-        hospital.write_config()
-        config = load_config(hospital.config, environment=AgentEnvironment(key_passphrase=None))
-        enroll(config, coordinator=hospital.coordinator_url, token=tokens[hospital.name])
+        for hospital in hospitals:
+            hospital.write_config()
+            config = load_config(hospital.config, environment=AgentEnvironment(key_passphrase=None))
+            enroll(
+                config,
+                coordinator=hospital.coordinator_url,
+                token=tokens[hospital.name],
+                roster_key=hospital.roster_key,
+            )
+    # The admin signs the roster of the institutions just enrolled.
+    stack.publish_roster(federation)
 
 
 @contextlib.contextmanager

@@ -159,6 +159,8 @@ class LyingCoordinator:
         self.upstream = upstream
         self.lie: Lie | None = None
         self.requests: list[tuple[str, str]] = []
+        #: The bodies of the victim's training reports (what it sends in clear), by round.
+        self.reports: dict[int, dict[str, Any]] = {}
         self.lies_told = 0
         self._lock = threading.Lock()
         proxy = self
@@ -170,8 +172,11 @@ class LyingCoordinator:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                path = self.path.split("?")[0]
                 with proxy._lock:
-                    proxy.requests.append((self.command, self.path.split("?")[0]))
+                    proxy.requests.append((self.command, path))
+                    if self.command == "POST" and path.endswith("/report") and body:
+                        proxy.reports[int(path.split("/")[-2])] = json.loads(body)
                 headers = {
                     k: v for k, v in self.headers.items() if k.lower() not in {"host", "connection"}
                 }

@@ -3,7 +3,9 @@
 The victim is a real agent process (`fmtl agent run`, the Cleveland hospital of the
 heart-disease example) that talks to the coordinator through `LyingCoordinator`, which
 rewrites the rounds it is assigned the way a lying coordinator would: masking switched off,
-a round shrunk to the victim and one peer, another federation spec, a threshold at n/2.
+a round shrunk to the victim and one peer, another federation spec, a threshold at n/2,
+a peer's identity key replaced by one of the coordinator's own (a sybil the admin's
+signed roster does not list).
 For every move the victim refuses before it sends anything of the round but its decline,
 logs one `round_refused` line, shows the refusal in `fmtl agent status`, and spends
 nothing; three honest agents (lightweight, over the same signed HTTP) complete the round
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 
 from federation.spec import FederationSpec
+from privacy.dp.accountant import published_sample_rate
 
 from .agent_stack import HOSPITALS, ROUND_DEADLINE_S, Hospital, Stack, enroll_all, open_stack
 from .agent_stack import start_all as start_agents
@@ -28,6 +31,7 @@ from .malicious_coordinator import (
     HonestPeers,
     Lie,
     LyingCoordinator,
+    add_a_sybil,
     change_the_spec,
     lower_the_threshold,
     shrink_the_round,
@@ -46,6 +50,7 @@ MOVES: list[tuple[Lie, str]] = [
     (shrink_the_round, "participants"),
     (change_the_spec, "spec"),
     (lower_the_threshold, "context"),  # t = n/2 makes the config itself invalid
+    (add_a_sybil, "roster"),
 ]
 
 
@@ -71,23 +76,44 @@ def test_an_honest_agent_refuses_every_move_of_a_lying_coordinator(
     with LyingCoordinator(stack.url) as liar:
         victim = Hospital(VICTIM, tmp_path / VICTIM, liar.url)
         try:
-            enroll_all(stack, federation, [victim])
             honest = [
                 enroll_over_http(stack.url, token, federation, name, ["disease"])
                 for name in HOSPITALS[1:]
             ]
+            enroll_all(stack, federation, [victim])  # and the admin signs the roster of all
             start_agents([victim])
             with HonestPeers(stack.url, honest, spec) as peers:
+                _honest_round(stack, federation, liar)
+                spent = victim.status()["budget"]
                 numbers = _every_move(stack, federation, liar, victim)
             assert not peers.errors, peers.errors
             # Nothing was spent for any of the refused rounds.
             status = victim.status()
-            assert status["budget"]["trainings"] == 0
-            assert status["budget"]["epsilon_spent"] == 0.0
+            assert status["budget"]["trainings"] == spent["trainings"] == 1
+            assert status["budget"]["epsilon_spent"] == spent["epsilon_spent"] > 0.0
             refused = [e["round"] for e in victim.events() if e.get("event") == "round_refused"]
             assert refused == numbers  # one line per refused round
         finally:
             victim.stop()
+
+
+def _honest_round(stack: Stack, federation: str, liar: LyingCoordinator) -> None:
+    """A round told truthfully: the victim passes its own checks and takes part, and what
+    it sends in clear is only its spend, with q on the published grid (no metrics of its
+    own, no size: the federation-wide metrics come from the secure sums)."""
+    liar.lie = None
+    number = stack.start_round(federation)
+    ended = stack.wait_round(federation, number)
+    assert ended["stage"] == "completed", ended
+    assert _statuses(stack, federation, ended)[VICTIM] == "completed"
+    report = liar.reports[number]
+    assert report["tasks"] == {}
+    assert set(report) == {"tasks", "spend", "clipped"}
+    q = report["spend"]["sample_rate"]
+    assert published_sample_rate(q) == q
+    results = stack.get(f"/api/v1/federations/{federation}/results?round={number}")
+    assert results, "the federation-wide metrics of the round"
+    assert {item["scope"] for item in results} == {"federation"}
 
 
 def _every_move(
@@ -95,6 +121,7 @@ def _every_move(
 ) -> list[int]:
     """One round per move; the round numbers."""
     numbers = []
+    declined_before = victim.status()["rounds"]["declined"]
     for round_index, (move, kind) in enumerate(MOVES, start=1):
         liar.lie = move
         number = stack.start_round(federation)
@@ -120,6 +147,6 @@ def _every_move(
         status = victim.status()
         latest = status["refusals"][-1]
         assert latest["reason"].startswith(f"refused ({kind})"), (move.__name__, latest)
-        assert status["rounds"]["declined"] == round_index
+        assert status["rounds"]["declined"] == declined_before + round_index
         assert victim.logged("round_refused", round=number)
     return numbers

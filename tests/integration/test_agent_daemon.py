@@ -58,7 +58,10 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
 
 @pytest.fixture
 def hospitals(stack: Stack, tmp_path: Path) -> Iterator[list[Hospital]]:
-    made = [Hospital(name, tmp_path / name, stack.url) for name in HOSPITALS]
+    made = [
+        Hospital(name, tmp_path / name, stack.url, roster_key=stack.roster_fingerprint)
+        for name in HOSPITALS
+    ]
     yield made
     for hospital in made:
         hospital.stop()

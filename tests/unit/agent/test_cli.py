@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 from agent.cli import EXIT_FAILURE, EXIT_INPUT, app
 from tests.unit.agent.conftest import write_config
 
-runner = CliRunner()
+#: The admin's roster key fingerprint every enrollment here pins (`--roster-key`).
+ROSTER_KEY = "ab" * 32
+runner = CliRunner(env={"FMTL_AGENT_ROSTER_KEY": ROSTER_KEY})
 
 
 def _closed_port() -> int:
@@ -334,4 +336,20 @@ def test_enroll_refuses_plain_http_off_loopback(tmp_path: Path) -> None:
     )
     assert result.exit_code == EXIT_FAILURE
     assert "plain http is refused except on loopback" in _one_error_line(result.stderr)
+    assert not (tmp_path / "state" / "identity.key").exists()
+
+
+def test_enroll_needs_the_admins_roster_key(tmp_path: Path) -> None:
+    """Without a pinned roster key an agent could not tell a sybil from a peer."""
+    path = write_config(tmp_path)
+    result = CliRunner(env={"FMTL_AGENT_ROSTER_KEY": ""}).invoke(
+        app, ["enroll", "--config", str(path), "--token", "t"]
+    )
+    assert result.exit_code == EXIT_INPUT
+    assert "--roster-key: missing" in _one_error_line(result.stderr)
+    bad = runner.invoke(
+        app, ["enroll", "--config", str(path), "--token", "t", "--roster-key", "not-hex"]
+    )
+    assert bad.exit_code == EXIT_FAILURE
+    assert "--roster-key: 'not-hex' is not a key fingerprint" in _one_error_line(bad.stderr)
     assert not (tmp_path / "state" / "identity.key").exists()

@@ -38,7 +38,7 @@ def test_chart_lints_without_errors() -> None:
 
 
 def test_one_agent_never_two_with_enrollment_before_it_runs() -> None:
-    deployment = _one(_render({}), "Deployment")
+    deployment = _one(_render({"rosterKey": "ab" * 32}), "Deployment")
     spec = deployment["spec"]
     assert spec["replicas"] == 1
     assert spec["strategy"]["type"] == "Recreate"
@@ -46,6 +46,8 @@ def test_one_agent_never_two_with_enrollment_before_it_runs() -> None:
     (init,) = pod["initContainers"]
     assert init["args"][:2] == ["agent", "enroll"]
     assert {"--existing-key", "--skip-if-enrolled"} <= set(init["args"])
+    # The admin's roster key fingerprint is pinned at enrollment.
+    assert init["args"][init["args"].index("--roster-key") + 1] == "ab" * 32
     (agent,) = pod["containers"]
     assert agent["args"][:2] == ["agent", "run"]
     assert "json" in agent["args"]
