@@ -170,7 +170,7 @@ def average_update(
         weights[segment.name] = weight
         if weight > 0:
             m = model_layout.segment(segment.name)
-            average[m.offset : m.end] = total / weight
+            np.divide(total, weight, out=average[m.offset : m.end])
     return average, AggregateReport(weights)
 
 
@@ -187,7 +187,10 @@ def apply_sums(
     agg = spec.aggregation
     state = state or ServerState()
     if agg.strategy is Strategy.FEDAVG:
-        return global_vector + agg.server_lr * update, state, report
+        # In place on the fresh average: no temporaries of the model's size.
+        update *= agg.server_lr
+        update += global_vector
+        return update, state, report
     # Only coordinates of parts someone trained this round take a step or move a moment.
     mask = np.zeros(model_layout.length, dtype=bool)
     for part in report.updated_parts:

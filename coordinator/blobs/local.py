@@ -172,6 +172,22 @@ class LocalBlobStore(BlobStore):
         except FileNotFoundError:
             raise BlobNotFound(f"no blob {key!r}") from None
 
+    def read_range_into(self, key: str, start: int, out: memoryview) -> None:
+        path = self._path(key)
+        try:
+            with path.open("rb", buffering=0) as handle:
+                size = os.fstat(handle.fileno()).st_size
+                check_range(size, start, start + out.nbytes, key)
+                handle.seek(start)
+                filled = 0
+                while filled < out.nbytes:
+                    got = handle.readinto(out[filled:])
+                    if not got:
+                        raise BlobSizeMismatch(f"blob {key!r} ended while being read")
+                    filled += got
+        except FileNotFoundError:
+            raise BlobNotFound(f"no blob {key!r}") from None
+
     def iter_chunks(self, key: str, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
         path = self._path(key)
         try:

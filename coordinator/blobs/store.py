@@ -116,6 +116,19 @@ class BlobStore(abc.ABC):
     def read_range(self, key: str, start: int, stop: int) -> bytes:
         """Bytes [start, stop) of the blob."""
 
+    def read_range_into(self, key: str, start: int, out: memoryview) -> None:
+        """Bytes [start, start + len(out)) of the blob, written into `out` (a writable byte
+        buffer the caller reuses): aggregation reads every upload's slice this way, without
+        a new object per upload. Stores that can read straight into memory override this."""
+        filled = 0
+        for chunk in self.iter_chunks(key, start, start + out.nbytes):
+            out[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        if filled != out.nbytes:
+            raise BlobSizeMismatch(
+                f"blob {key!r} ended after {filled} of {out.nbytes} bytes from {start}"
+            )
+
     @abc.abstractmethod
     def iter_chunks(self, key: str, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
         """The blob (or bytes [start, stop) of it) in chunks, for streamed downloads."""

@@ -3,11 +3,13 @@
 DESIGN.md, "One round", steps 6-7. When unmasking closes, the engine stores the
 `UnmaskPlan` and cuts [0, d) into `UnmaskSlice` rows. Each slice is one Celery task
 (`unmask_slice`, sent as a group): it takes a lease on its row, reads the same coordinate
-range of every survivor's stored upload (ranged blob reads), adds them mod 2^k, removes the
+range of every survivor's stored upload once (ranged reads into reused buffers, a few in
+flight) and adds each in place mod 2^k (`masked_sum.sum_masked_range`), removes the
 masks (`privacy.secagg.unmask_slice`, AES-CTR is seekable) and stores the slice of the sum
 as a blob. A worker killed mid-slice leaves the lease to expire, after which the tick sends
 the slice again; a slice done twice writes the same bytes (blobs are write-once and accept
-identical content). The last slice to finish sends `finish`, which decodes the sum, applies
+identical content). The task that stores the last slice runs `finish` itself (the tick
+sends it as a task when that worker died first), which decodes the sum, applies
 the federation's strategy (`federation.aggregation.apply_sums`), stores the new model
 version, records the federation-wide task-wise results (from the summed validation
 statistics) and the per-institution ones institutions opted to send, and completes the
@@ -43,7 +45,8 @@ from coordinator.results.service import (
     record_task_metrics,
 )
 from coordinator.rounds import engine, service, state
-from coordinator.rounds.followups import FINISH_TASK, Followup
+from coordinator.rounds.followups import Followup
+from coordinator.rounds.masked_sum import read_ring_slices, ring_bytes, sum_masked_range
 from coordinator.rounds.models import (
     Participant,
     ParticipantStatus,
@@ -58,7 +61,7 @@ from federation.errors import FederationError
 from federation.layout import ParameterLayout
 from federation.metrics import federation_metrics
 from federation.round_api import TrainingReport, update_codec
-from privacy.secagg import MaskedInput, SecAggError, add_masked, ring_dtype, unmask_slice
+from privacy.secagg import MaskedInput, SecAggError, ring_dtype, unmask_slice
 
 logger = logging.getLogger(__name__)
 
@@ -107,16 +110,12 @@ def unmask_one_slice(runtime: Runtime, round_id: int, index: int) -> list[Follow
         keys = [uploads[pid].blob_key for pid in plan.survivors]
         key = _slice_blob_key(federation, round_, index)
         subject = state.subject(federation, round_)
-    dtype = ring_dtype(plan.bits)
-    total = np.zeros(stop - start, dtype=dtype)
-    first, last = MaskedInput.byte_range(start, stop, plan.bits)
-    little = dtype.newbyteorder("<")
-    for blob_key in keys:
-        raw = blobs.read_range(blob_key, first, last)
-        # A view, not a copy, on little-endian hosts: each upload's range is read once.
-        add_masked(total, np.frombuffer(raw, dtype=little).astype(dtype, copy=False))
+    total = np.zeros(stop - start, dtype=ring_dtype(plan.bits))
+    first, _ = MaskedInput.byte_range(start, stop, plan.bits)
+    # Each survivor's range read once into a reused buffer and added in place (mod 2^k).
+    sum_masked_range(blobs, keys, first, total)
     unmask_slice(plan, total, start, stop, in_place=True)
-    content = total.astype(little, copy=False).tobytes()
+    content = ring_bytes(total)
     ref = blobs.write(key, [content], max_size=len(content), expected_size=len(content))
     with runtime.db.scope() as session:
         locked = state.lock_round(session, round_id)
@@ -145,7 +144,13 @@ def unmask_one_slice(runtime: Runtime, round_id: int, index: int) -> list[Follow
             .where(UnmaskSlice.round_id == round_id, UnmaskSlice.state == SliceState.PENDING)
         )
         session.commit()
-    return [Followup(FINISH_TASK, (round_id,))] if pending == 0 else []
+    if pending:
+        return []
+    # The worker that stored the last slice finishes the round itself, as the request that
+    # brings a stage's last message closes it: no hand-off through the broker. (`finish` runs
+    # once: it locks the round and checks its stage; the tick's FINISH_TASK stays the way
+    # back for a round whose last slice worker died before this.)
+    return finish(runtime, round_id)
 
 
 def finish(runtime: Runtime, round_id: int) -> list[Followup]:
@@ -166,17 +171,9 @@ def finish(runtime: Runtime, round_id: int) -> list[Followup]:
         spec = federation.spec
         config = state.round_config(session, round_)
         plan = state.unmask_plan(session, round_)
-        dtype = ring_dtype(config.bits)
-        little = dtype.newbyteorder("<")
-        total = np.concatenate(
-            [
-                np.frombuffer(
-                    blobs.read_range(s.blob_key or "", 0, (s.stop - s.start) * dtype.itemsize),
-                    dtype=little,
-                )
-                for s in slices
-            ]
-        ).astype(dtype, copy=False)
+        # Each slice read straight into its place in the sum: no per-slice arrays, no concat.
+        total = np.empty(config.vector_length, dtype=ring_dtype(config.bits))
+        read_ring_slices(blobs, [(s.blob_key or "", s.start, s.stop) for s in slices], total)
         base = round_.base_version or 0
         try:
             sums = update_codec(spec, config.n).decode_sum(total).segments

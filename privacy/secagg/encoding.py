@@ -259,13 +259,17 @@ class FixedPointCodec:
     def decode_sum(self, total: RingVector) -> DecodedSum:
         """Decode Σ x_u mod 2^k of at most max_participants encoded inputs, per segment."""
         check_ring_vector(total, self.bits, self.length, "the unmasked sum")
-        signed = total.view(np.int32 if self.bits == 32 else np.int64).astype(np.int64)
+        # Two's complement read in place (a view); each segment is converted once, straight
+        # into its result (no widened copy of the whole sum first).
+        signed = total.view(np.int32 if self.bits == 32 else np.int64)
         result: dict[str, NDArray[np.float64] | NDArray[np.int64]] = {}
         for segment in self.segments:
             start, stop = self._offsets[segment.name]
             part = signed[start:stop]
             if isinstance(segment, FloatSegment):
-                result[segment.name] = part.astype(np.float64) / self.scale(segment)
+                values = np.empty(stop - start, dtype=np.float64)
+                np.divide(part, self.scale(segment), out=values)
+                result[segment.name] = values
             else:
-                result[segment.name] = part.copy()
+                result[segment.name] = part.astype(np.int64)
         return DecodedSum(result)

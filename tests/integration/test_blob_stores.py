@@ -125,6 +125,21 @@ def test_ranged_reads_return_exactly_the_slice(store: BlobStore) -> None:
         store.read_range("missing.bin", 0, 10)
 
 
+def test_ranged_reads_into_a_buffer_fill_exactly_that_buffer(store: BlobStore) -> None:
+    content = bytes(range(256)) * 40
+    store.write("vector.bin", [content], max_size=1 << 20)
+    buffer = bytearray(b"\xff" * 32)
+    view = memoryview(buffer)
+    store.read_range_into("vector.bin", 1000, view[8:24])
+    assert bytes(buffer) == b"\xff" * 8 + content[1000:1016] + b"\xff" * 8
+    store.read_range_into("vector.bin", 10_208, view)
+    assert bytes(buffer) == content[10_208:]
+    with pytest.raises(InvalidInput, match="outside blob"):
+        store.read_range_into("vector.bin", 10_220, view)
+    with pytest.raises(BlobNotFound):
+        store.read_range_into("missing.bin", 0, view)
+
+
 @pytest.mark.parametrize("key", ["../escape", "/absolute", "a//b", ".hidden", "UPPER", ""])
 def test_keys_that_could_escape_or_collide_are_refused(store: BlobStore, key: str) -> None:
     with pytest.raises(InvalidInput):
