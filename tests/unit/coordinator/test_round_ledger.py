@@ -24,7 +24,7 @@ from coordinator.auth.models import Role
 from coordinator.federations.models import Federation
 from coordinator.ledger import service as ledger
 from coordinator.ledger.models import PrivacySpend
-from coordinator.rounds.followups import FINISH_TASK
+from coordinator.rounds.followups import FINISH_TASK, SLICE_TASK
 from coordinator.rounds.models import (
     Participant,
     ProtocolMessageKind,
@@ -231,13 +231,16 @@ def test_an_admin_fails_a_stuck_round_over_the_api_and_the_next_one_opens(
     federation: Federation,
     agents: list[EnrolledAgent],
 ) -> None:
-    round_app.state.followups.lost = frozenset({FINISH_TASK})  # type: ignore[attr-defined]
+    # The worker that stores the last slice finishes the round itself, so a stuck round is
+    # one whose slice tasks (and the tick's finish task) are lost with their worker.
+    stuck = frozenset({SLICE_TASK, FINISH_TASK})
+    round_app.state.followups.lost = stuck  # type: ignore[attr-defined]
     _, parts = _parts(http, agents, federation)
     round_id = start(runtime, federation.name)
     for _ in range(8):
         for part in parts:
             part.step()
-        drain(runtime, lost=frozenset({FINISH_TASK}))
+        drain(runtime, lost=stuck)
     with runtime.db.scope() as check:
         assert check.get_one(Round, round_id).stage is RoundStage.AGGREGATING
     number = _round_number(runtime, round_id)
