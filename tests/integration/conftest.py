@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +39,23 @@ def _unavailable(what: str, error: Exception) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI=true and {message}: integration tests must run in CI", pytrace=False)
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ctrl_c_reaches_the_children() -> Iterator[None]:
+    """Children start with Ctrl-C (SIGINT) as a terminal gives it to a foreground command.
+
+    A test run started in the background by a non-interactive shell (`cmd &`) inherits
+    SIGINT ignored, and so would every child it starts: `fmtl demo` would then never see
+    the Ctrl-C the tests send it. A Python handler here becomes the default disposition
+    in each child at exec.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.fixture(scope="session")
