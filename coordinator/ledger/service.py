@@ -34,6 +34,7 @@ from coordinator.institutions.models import Institution
 from coordinator.ledger.accountant import MechanismStep, is_mismatch, recompute_epsilon
 from coordinator.ledger.models import PrivacySpend
 from coordinator.rounds.models import TERMINAL_STAGES, MaskedUpdate, Participant, Round
+from federation import round_api
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,19 @@ class SpendReport:
     epsilon: float
     budget_epsilon: float | None = None
     run_id: str | None = None
+
+    @classmethod
+    def from_wire(cls, spend: round_api.SpendReport) -> SpendReport:
+        """The spend as an agent's round report carries it (its accountant checked apart)."""
+        return cls(
+            noise_multiplier=spend.noise_multiplier,
+            sample_rate=spend.sample_rate,
+            steps=spend.steps,
+            delta=spend.delta,
+            epsilon=spend.epsilon,
+            budget_epsilon=spend.budget_epsilon,
+            run_id=spend.run_id,
+        )
 
 
 @dataclass(frozen=True)

@@ -287,15 +287,7 @@ def _record_one(
             session,
             round_,
             institution,
-            SpendReport(
-                noise_multiplier=spend.noise_multiplier,
-                sample_rate=spend.sample_rate,
-                steps=spend.steps,
-                delta=spend.delta,
-                epsilon=spend.epsilon,
-                budget_epsilon=spend.budget_epsilon,
-                run_id=spend.run_id,
-            ),
+            SpendReport.from_wire(spend),
             actor=actor,
         )
     if participant.secagg_id not in survivors:

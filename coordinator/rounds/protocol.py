@@ -463,15 +463,7 @@ def accept_report(
             session,
             round_,
             institution,
-            SpendReport(
-                noise_multiplier=spend.noise_multiplier,
-                sample_rate=spend.sample_rate,
-                steps=spend.steps,
-                delta=spend.delta,
-                epsilon=spend.epsilon,
-                budget_epsilon=spend.budget_epsilon,
-                run_id=spend.run_id,
-            ),
+            SpendReport.from_wire(spend),
             actor=audit.Actor(audit.ActorKind.INSTITUTION, str(institution.id)),
         )
     return _store(session, round_, participant, institution, kind, body)
